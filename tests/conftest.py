@@ -33,3 +33,106 @@ _POOL = KeyPool()
 @pytest.fixture(scope="session")
 def key_pool() -> KeyPool:
     return _POOL
+
+
+# -- a live server and clients over real sockets --------------------------------------------
+
+import itertools  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+WAIT = 10.0  # seconds any single expected event may take before a test fails
+
+
+class Recorder:
+    """Collects a client's events; tests wait on them with a timeout (never a fixed sleep)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: Any) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, match: Callable[[Any], bool] | type, timeout: float = WAIT,
+                 after: int = 0) -> Any:
+        """The first event (from index `after` on) that matches; fail after `timeout`."""
+        test = (lambda e: isinstance(e, match)) if isinstance(match, type) else match
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: next((e for e in self.events[after:] if test(e)), None), timeout)
+        if found is None:
+            raise AssertionError(f"no matching event within {timeout}s; got {self.events!r}")
+        return found
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.events)
+
+    def of_type(self, kind: type) -> list[Any]:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start in-process servers on 127.0.0.1, port 0; all are stopped at teardown."""
+    from server import ChatServer, ServerConfig
+
+    servers: list[ChatServer] = []
+
+    def start(**overrides: Any) -> ChatServer:
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0,
+                                   "log_path": tmp_path / "messageslog.json"}
+        options.update(overrides)
+        chat = ChatServer(ServerConfig(**options))
+        chat.start()
+        servers.append(chat)
+        return chat
+
+    yield start
+    for chat in servers:
+        chat.stop()
+
+
+@pytest.fixture
+def chat_server(server_factory: Callable[..., Any]) -> Any:
+    return server_factory()
+
+
+_key_numbers = itertools.count()
+
+
+@pytest.fixture
+def client_factory(tmp_path: Path, key_pool: KeyPool) -> Iterator[Callable[..., Any]]:
+    """connect(server, "alice") -> a logged-in ChatClient whose `.recorder` holds its events.
+
+    Each username gets its own data directory and, unless `key` is given, a pooled key of
+    its own (the pool is shared by the whole session, so keys are made once)."""
+    from client import ChatClient
+
+    clients: list[Any] = []
+    assigned: dict[str, int] = {}
+
+    def connect(chat: Any, username: str, *, key: int | None = None, **options: Any) -> Any:
+        index = key if key is not None else assigned.setdefault(username, len(assigned))
+        recorder = Recorder()
+        client = ChatClient(username, *chat.address, data_dir=tmp_path / "clients" / username,
+                            ident=make_identity(tmp_path / "clients" / username, username,
+                                                key_pool.get(index)),
+                            on_event=recorder, **options)
+        client.recorder = recorder
+        client.connect()
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+def make_identity(data_dir: Path, username: str, key: RSA.RsaKey) -> Any:
+    import identity
+
+    return identity.load_or_create_identity(data_dir, username, new_key=lambda: key)

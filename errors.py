@@ -1,0 +1,113 @@
+"""The errors Gapshape turns into `error` frames.
+
+Every failure a peer can cause is one of these classes. Each carries a stable `code` (what a
+program matches on) and a message written for the person at the other end (what a client
+shows). The server converts them to an `error` frame in exactly one place
+(`server.Connection._report`); anything else escaping a handler is a bug, logged as such.
+
+`fatal` says whether the connection can go on: after a bad frame body the stream is still in
+step, so the peer is told and carries on; after a bad length header it is not, so the peer
+is told and disconnected.
+"""
+from __future__ import annotations
+
+
+class GapshapeError(Exception):
+    """Base of every error that is reported to the peer."""
+
+    code = "error"
+    fatal = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ProtocolError(GapshapeError):
+    """The peer sent bytes that are not a valid Gapshape frame."""
+
+    code = "bad_frame"
+
+
+class FrameTooLarge(ProtocolError):
+    """The length header announces a frame over the size limit; the body is never read."""
+
+    code = "frame_too_large"
+    fatal = True
+
+
+class TruncatedFrame(ProtocolError):
+    """The stream ended in the middle of a frame."""
+
+    code = "truncated_frame"
+    fatal = True
+
+
+class RequestError(GapshapeError):
+    """A well-formed request that cannot be carried out; the connection goes on."""
+
+    code = "bad_request"
+
+
+class NotLoggedIn(RequestError):
+    """A chat request arrived before the login finished."""
+
+    code = "not_logged_in"
+
+
+class UnsupportedVersion(RequestError):
+    """The client speaks a protocol version this server does not."""
+
+    code = "unsupported_version"
+    fatal = True
+
+
+class InvalidName(RequestError):
+    """A username or room name that breaks the naming rules."""
+
+    code = "invalid_name"
+
+
+class NameTaken(RequestError):
+    """Somebody is already logged in with that username."""
+
+    code = "name_taken"
+    fatal = True
+
+
+class AuthFailed(RequestError):
+    """The login did not prove possession of the username's registered key."""
+
+    code = "auth_failed"
+    fatal = True
+
+
+class KeyMismatch(AuthFailed):
+    """The username is registered to another key."""
+
+    code = "key_mismatch"
+
+
+class UnknownUser(RequestError):
+    """The named user is not online (or never was)."""
+
+    code = "unknown_user"
+
+
+class DoNotDisturb(RequestError):
+    """The recipient's status is do-not-disturb: private messages are refused."""
+
+    code = "dnd"
+
+
+class RateLimited(RequestError):
+    """The client sends faster than the server's flood limit allows."""
+
+    code = "rate_limited"
+
+
+class ServerFull(RequestError):
+    """The server or this address has reached its connection limit."""
+
+    code = "server_full"
+    fatal = True

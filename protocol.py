@@ -1,0 +1,174 @@
+"""Gapshape's wire format, with no sockets in it (sans-IO).
+
+A frame on the wire is
+
+    +----------------------------+-----------------------------------------+
+    | length: 4 bytes, unsigned, | body: `length` bytes of UTF-8 JSON that |
+    | big-endian                 | decode to an object with a string "type"|
+    +----------------------------+-----------------------------------------+
+
+`encode_frame` turns a frame (a dict) into bytes. `FrameDecoder` is fed whatever bytes the
+transport produced, in any chunking, and hands back complete frames. Its one rule, as in
+h11's readers: `next_frame()` returns a frame, returns None when it needs more bytes, or
+raises a `ProtocolError`. The length is checked against the limit as soon as the 4 header
+bytes are in, so an oversized body is never buffered. A bad body (not UTF-8, not JSON, not
+an object, no "type") consumes exactly that frame: the stream stays in step and the caller
+may carry on; a bad header is fatal.
+
+`validate_request` checks a client frame against `REQUEST_FIELDS`, the one table of what
+each request type carries; docs/PROTOCOL.md documents the same table.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Mapping
+
+from errors import FrameTooLarge, ProtocolError, TruncatedFrame
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024
+HEADER = struct.Struct(">I")
+
+Frame = dict[str, Any]
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_body(frame: Mapping[str, Any]) -> bytes:
+    """The JSON body of a frame, without its header.
+
+    JSON's \\u escapes can smuggle lone surrogates into a str, which UTF-8 cannot carry;
+    they go out as "?" so that no peer input can make encoding fail.
+    """
+    return _encoder.encode(frame).encode("utf-8", "replace")
+
+
+def encode_frame(frame: Mapping[str, Any]) -> bytes:
+    """A frame as wire bytes: length header + UTF-8 JSON body."""
+    body = encode_body(frame)
+    return HEADER.pack(len(body)) + body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_body(body: bytes) -> Frame:
+    """Parse one frame body; raise ProtocolError saying what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"frame is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        frame = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("frame JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, over-long integers
+        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("frame must be a JSON object")
+    if not isinstance(frame.get("type"), str):
+        raise ProtocolError('frame must have a string "type"')
+    return frame
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream fed in arbitrary chunks."""
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._start = 0  # consumed prefix of _buffer, dropped lazily to keep feeding O(n)
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the transport; b"" means the peer closed the stream."""
+        if not data:
+            self._eof = True
+            return
+        if self._start and self._start * 2 >= len(self._buffer):
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buffer) - self._start
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, None if more bytes are needed, or raise ProtocolError."""
+        available = len(self._buffer) - self._start
+        if available < HEADER.size:
+            return self._need_more(available)
+        (length,) = HEADER.unpack_from(self._buffer, self._start)
+        if length > self.max_frame_size:
+            raise FrameTooLarge(
+                f"frame of {length} bytes is over the limit of {self.max_frame_size} bytes"
+            )
+        end = self._start + HEADER.size + length
+        if end > len(self._buffer):
+            return self._need_more(available)
+        body = bytes(self._buffer[self._start + HEADER.size : end])
+        self._start = end
+        return decode_body(body)
+
+    def _need_more(self, available: int) -> None:
+        if self._eof and available:
+            raise TruncatedFrame(f"connection closed in the middle of a frame ({available} bytes)")
+        return None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Convenience: receive `data` and return every frame now complete."""
+        self.receive_data(data)
+        frames = []
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
+        return frames
+
+
+# What each client request carries: field -> (type, required). Strings are further checked
+# by the handlers (names, lengths); the table guarantees presence and JSON type only.
+REQUEST_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "hello": {"version": (int, True), "username": (str, True), "public_key": (str, True),
+              "client": (str, False)},
+    "auth": {"signature": (str, True)},
+    "message": {"text": (str, True), "ref": (str, False)},
+    "join": {"room": (str, True)},
+    "rooms": {},
+    "list": {},
+    "users": {},
+    "status": {"status": (str, True), "note": (str, False)},
+    "private": {"to": (str, True), "envelope": (dict, True), "ref": (str, False)},
+    "get_key": {"user": (str, True)},
+    "ping": {"data": (str, False)},
+    "pong": {"data": (str, False)},
+    "quit": {},
+}
+
+
+def validate_request(frame: Frame) -> Frame:
+    """Check a client frame's type and field types against REQUEST_FIELDS."""
+    kind = frame["type"]
+    fields = REQUEST_FIELDS.get(kind)
+    if fields is None:
+        raise ProtocolError(f'unknown frame type "{kind[:40]}"')
+    for name, (expected, required) in fields.items():
+        if name not in frame:
+            if required:
+                raise ProtocolError(f'"{kind}" frame is missing the field "{name}"')
+            continue
+        value = frame[name]
+        # bool is an int subclass in Python, but true/false is not a version number.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ProtocolError(
+                f'field "{name}" of a "{kind}" frame must be a JSON {_json_type_name(expected)}'
+            )
+    return frame
+
+
+def _json_type_name(python_type: type) -> str:
+    return {str: "string", int: "integer", dict: "object", list: "array"}.get(
+        python_type, python_type.__name__
+    )

@@ -1,0 +1,293 @@
+"""Who is online, in which room, with which status: the server's state, with no sockets in it.
+
+`ChatState` holds the users and rooms and carries out every chat operation. It speaks to
+users only through their `Outbox` (anything with `push(bytes)`), handing it frames already
+encoded, so a room message is encoded once however many members receive it. It records
+what happened through a `Journal` (the message log), which also remembers each room's
+latest messages across restarts.
+
+Every operation runs under `self.lock`. Pushing never blocks (an outbox only buffers), so
+the lock is never held across network I/O; and since each frame reaches every outbox under
+the same lock, all members see one order, and a joining user's history snapshot comes
+before any live message of that room.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from errors import DoNotDisturb, InvalidName, NameTaken, RequestError, UnknownUser
+from protocol import PROTOCOL_VERSION, encode_frame
+
+COMMON_ROOM = "#common"
+HISTORY_SIZE = 10
+MAX_TEXT_CHARS = 8000
+MAX_NOTE_CHARS = 200
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+
+STATUSES = ("online", "away", "dnd")
+STATUS_ALIASES = {
+    "online": "online", "available": "online", "here": "online", "back": "online",
+    "away": "away", "afk": "away", "brb": "away", "idle": "away",
+    "dnd": "dnd", "do-not-disturb": "dnd", "do_not_disturb": "dnd", "donotdisturb": "dnd",
+    "busy": "dnd",
+}
+
+
+def utc_now() -> str:
+    """The server's clock: UTC, ISO 8601 with milliseconds, e.g. 2026-11-29T19:40:00.123Z."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def validate_name(name: str, what: str = "username") -> str:
+    """Return `name` if it follows the naming rules, else raise InvalidName saying why."""
+    if not name:
+        raise InvalidName(f"{what} is empty")
+    if len(name) > 32:
+        raise InvalidName(f"{what} is {len(name)} characters long; the maximum is 32")
+    if not _NAME.fullmatch(name):
+        bad = next(ch for ch in name if not _NAME.fullmatch(ch))
+        raise InvalidName(
+            f"{what} may contain only letters, digits, '_', '-' and '.' (not {bad!r})"
+        )
+    return name
+
+
+def normalize_room(name: str) -> str:
+    """'#Gaming' or 'gaming' -> '#gaming'. Room names are case-insensitive."""
+    bare = name[1:] if name.startswith("#") else name
+    return "#" + validate_name(bare, "room name").lower()
+
+
+def normalize_status(word: str) -> str:
+    """Map a status word or alias (any case) to online, away or dnd."""
+    status = STATUS_ALIASES.get(word.strip().lower())
+    if status is None:
+        raise RequestError(f"unknown status {word[:20]!r}; use online, away or dnd")
+    return status
+
+
+def clean_text(text: str, limit: int, what: str) -> str:
+    if len(text) > limit:
+        raise RequestError(f"{what} is {len(text)} characters long; the maximum is {limit}")
+    return text
+
+
+class Outbox(Protocol):
+    def push(self, data: bytes) -> None: ...
+
+
+class Journal(Protocol):
+    """The durable record (messagelog.MessageLog satisfies it)."""
+
+    def allocate_id(self) -> int: ...
+    def append(self, record: dict[str, Any]) -> None: ...
+    def history(self, room: str) -> list[dict[str, Any]]: ...
+    def rooms(self) -> list[str]: ...
+
+
+@dataclass(eq=False)
+class Member:
+    """One logged-in user. Identity is the object: a name can log in again later."""
+
+    name: str
+    outbox: Outbox
+    public_key: str = ""
+    address: str = ""
+    room: str = COMMON_ROOM
+    status: str = "online"
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name.casefold()
+
+    def summary(self) -> dict[str, str]:
+        return {"user": self.name, "status": self.status, "note": self.note}
+
+
+class ChatState:
+    """Users, rooms and presence; every method is one atomic chat operation."""
+
+    def __init__(
+        self, journal: Journal, *, server_id: str = "", clock: Callable[[], str] = utc_now
+    ) -> None:
+        self.lock = threading.Lock()
+        self.journal = journal
+        self.server_id = server_id
+        self.clock = clock
+        self._members: dict[str, Member] = {}
+        self._rooms: dict[str, dict[Member, None]] = {COMMON_ROOM: {}}
+
+    # -- queries --------------------------------------------------------------------------
+
+    def member(self, name: str) -> Member | None:
+        with self.lock:
+            return self._members.get(name.casefold())
+
+    def online_count(self) -> int:
+        return len(self._members)
+
+    def members_of(self, room: str) -> list[Member]:
+        with self.lock:
+            return list(self._rooms.get(room, ()))
+
+    def list_room(self, member: Member) -> None:
+        with self.lock:
+            self._send(member, {"type": "members", "room": member.room,
+                                "members": self._summaries(member.room)})
+
+    def list_rooms(self, member: Member) -> None:
+        with self.lock:
+            names = set(self._rooms) | set(self.journal.rooms()) | {COMMON_ROOM}
+            rooms = [{"room": name, "members": len(self._rooms.get(name, ()))}
+                     for name in sorted(names)]
+            self._send(member, {"type": "rooms", "rooms": rooms})
+
+    def list_users(self, member: Member) -> None:
+        with self.lock:
+            users = [{**m.summary(), "room": m.room}
+                     for m in sorted(self._members.values(), key=lambda m: m.key)]
+            self._send(member, {"type": "users", "users": users})
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def login(self, name: str, outbox: Outbox, *, public_key: str = "", address: str = "") -> Member:
+        """Register a user and put them in #common; raise NameTaken if the name is online."""
+        validate_name(name)
+        with self.lock:
+            if name.casefold() in self._members:
+                raise NameTaken(f'the username "{name}" is already in use')
+            member = Member(name=name, outbox=outbox, public_key=public_key, address=address)
+            self._members[member.key] = member
+            now = self.clock()
+            self.journal.append({"event": "connect", "time": now, "user": name, "address": address})
+            self._send(member, {"type": "welcome", "version": PROTOCOL_VERSION, "user": name,
+                                "server_id": self.server_id, "room": COMMON_ROOM, "time": now})
+            self._enter(member, COMMON_ROOM, now)
+            return member
+
+    def logout(self, member: Member, reason: str) -> None:
+        """Remove a user everywhere; safe to call twice."""
+        with self.lock:
+            if self._members.get(member.key) is not member:
+                return
+            del self._members[member.key]
+            now = self.clock()
+            self._leave(member, now, reason)
+            self.journal.append({"event": "disconnect", "time": now, "user": member.name,
+                                 "reason": reason})
+
+    # -- operations -----------------------------------------------------------------------
+
+    def join(self, member: Member, room_name: str) -> None:
+        room = normalize_room(room_name)
+        with self.lock:
+            now = self.clock()
+            if member.room != room:
+                self._leave(member, now, f"joined {room}")
+            self._enter(member, room, now)
+
+    def post(self, member: Member, text: str, ref: str | None = None) -> int:
+        """Send a message to the member's room (the sender gets it too, as the echo)."""
+        clean_text(text, MAX_TEXT_CHARS, "message")
+        if not text.strip():
+            raise RequestError("message is empty")
+        with self.lock:
+            message_id = self.journal.allocate_id()
+            now = self.clock()
+            self.journal.append({"event": "message", "time": now, "id": message_id,
+                                 "room": member.room, "user": member.name, "text": text})
+            frame = {"type": "message", "id": message_id, "room": member.room,
+                     "user": member.name, "text": text, "time": now}
+            if ref is not None:
+                frame["ref"] = ref
+            self._broadcast(member.room, frame)
+            return message_id
+
+    def set_status(self, member: Member, status_word: str, note: str | None = None) -> None:
+        status = normalize_status(status_word)
+        note = clean_text(note or "", MAX_NOTE_CHARS, "status note").strip()
+        with self.lock:
+            member.status, member.note = status, note
+            now = self.clock()
+            self.journal.append({"event": "status", "time": now, "user": member.name,
+                                 "status": status, "note": note})
+            self._broadcast(member.room, {"type": "status", "user": member.name,
+                                          "status": status, "note": note, "time": now})
+
+    def send_private(self, sender: Member, to: str, envelope: dict[str, Any],
+                     ref: str | None = None) -> int:
+        """Relay an opaque envelope to one online user; the server never looks inside it."""
+        with self.lock:
+            recipient = self._members.get(to.casefold())
+            if recipient is None:
+                raise UnknownUser(f'"{to[:40]}" is not online')
+            if recipient.status == "dnd":
+                raise DoNotDisturb(f"{recipient.name} does not want to be disturbed right now")
+            message_id = self.journal.allocate_id()
+            now = self.clock()
+            data = encode_frame({"type": "private", "id": message_id, "from": sender.name,
+                                 "to": recipient.name, "time": now, "envelope": envelope,
+                                 "from_key": sender.public_key})
+            self.journal.append({"event": "private", "time": now, "id": message_id,
+                                 "from": sender.name, "to": recipient.name, "size": len(data)})
+            recipient.outbox.push(data)
+            ack: dict[str, Any] = {"type": "private_sent", "id": message_id,
+                                   "to": recipient.name, "time": now}
+            if ref is not None:
+                ack["ref"] = ref
+            self._send(sender, ack)
+            return message_id
+
+    def broadcast_all(self, frame: dict[str, Any]) -> None:
+        """Send one frame to every user (server notices, the goodbye at shutdown)."""
+        with self.lock:
+            data = encode_frame(frame)
+            for member in self._members.values():
+                member.outbox.push(data)
+
+    # -- internals (caller holds the lock) ------------------------------------------------
+
+    def _summaries(self, room: str) -> list[dict[str, str]]:
+        return [m.summary() for m in self._rooms.get(room, ())]
+
+    def _send(self, member: Member, frame: dict[str, Any]) -> None:
+        member.outbox.push(encode_frame(frame))
+
+    def _broadcast(self, room: str, frame: dict[str, Any], *, skip: Member | None = None) -> None:
+        data = encode_frame(frame)
+        for member in self._rooms.get(room, ()):
+            if member is not skip:
+                member.outbox.push(data)
+
+    def _enter(self, member: Member, room: str, now: str) -> None:
+        members = self._rooms.setdefault(room, {})
+        arriving = member not in members
+        if arriving:
+            self._broadcast(room, {"type": "user_joined", "room": room, **member.summary(),
+                                   "time": now})
+            members[member] = None
+            member.room = room
+            self.journal.append({"event": "join", "time": now, "user": member.name, "room": room})
+        history = [{key: value for key, value in record.items() if key != "event"}
+                   for record in self.journal.history(room)[-HISTORY_SIZE:]]
+        self._send(member, {"type": "joined", "room": room, "members": self._summaries(room),
+                            "history": history, "time": now})
+
+    def _leave(self, member: Member, now: str, reason: str) -> None:
+        room = member.room
+        members = self._rooms.get(room)
+        if members is None or member not in members:
+            return
+        del members[member]
+        if not members and room != COMMON_ROOM:
+            del self._rooms[room]
+        self.journal.append({"event": "leave", "time": now, "user": member.name, "room": room})
+        self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
+                               "reason": reason, "time": now})
+

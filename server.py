@@ -1,0 +1,805 @@
+"""The Gapshape server: one reader thread per connection, one shared writer thread.
+
+    python server.py [--host 127.0.0.1] [--port 5050] [--log messageslog.json] ...
+
+How bytes move:
+- Each connection's reader thread waits for input, decodes frames (protocol.FrameDecoder),
+  and hands each to a handler, which calls into the state (rooms.ChatState).
+- The state pushes encoded frames into the recipients' outboxes (`Connection.push`): a
+  bounded list of byte strings. Pushing never touches a socket.
+- After a batch of input, the reader calls `ChatServer.flush()`: first the message log
+  writes everything pending (so whatever a client receives is already in the log), then
+  every outbox with data is sent with one non-blocking `send` of all its frames joined.
+- What a socket does not accept at once waits in its outbox, and the shared `Writer`
+  thread sends it when the socket becomes writable. No thread ever blocks on another
+  client's socket, and an outbox over its byte limit disconnects that (slow) client only.
+
+Sockets are non-blocking; readers wait with poll() (select() where poll is missing).
+A TLS socket is used by its reader and by flushers, so every call on it holds the
+connection's io lock: OpenSSL objects must not be used by two threads at once.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import collections
+import errno
+import logging
+import os
+import secrets
+import select
+import selectors
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import auth
+from errors import (
+    AuthFailed,
+    GapshapeError,
+    KeyMismatch,
+    NameTaken,
+    NotLoggedIn,
+    ProtocolError,
+    RateLimited,
+    RequestError,
+    ServerFull,
+    UnknownUser,
+    UnsupportedVersion,
+)
+from keyregistry import KeyRegistry
+from messagelog import MessageLog
+from protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+    validate_request,
+)
+from rooms import ChatState, Member, validate_name
+
+log = logging.getLogger("gapshape.server")
+
+RECV_SIZE = 65536
+THREAD_STACK_SIZE = 512 * 1024  # readers recurse little; small stacks let 10,000 fit
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5050
+    log_path: Path = Path("messageslog.json")
+    registry_path: Path | None = None  # default: keyregistry.json beside the log
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    outbox_limit: int = 4 * 1024 * 1024
+    ping_interval: float = 30.0
+    ping_timeout: float = 15.0
+    login_timeout: float = 10.0
+    rate: float = 5.0  # frames per second a client may sustain; 0 turns flood control off
+    burst: int = 20
+    max_clients: int = 10_000
+    max_per_address: int = 100
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def registry(self) -> Path:
+        return self.registry_path or self.log_path.with_name("keyregistry.json")
+
+
+class TokenBucket:
+    """Flood control: `rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class ConnectionGone(Exception):
+    """The peer's socket failed; the connection is being torn down."""
+
+
+class Connection:
+    """One client: its socket, its reader thread, its outbox, and its request handlers."""
+
+    def __init__(self, server: ChatServer, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.server = server
+        self.config = server.config
+        self.sock: socket.socket = sock
+        self.peer = f"{address[0]}:{address[1]}"
+        self.ip = address[0]
+        self.member: Member | None = None
+        self.decoder = FrameDecoder(self.config.max_frame_size)
+        self.bucket = TokenBucket(self.config.rate, self.config.burst)
+        self._refusals: collections.deque[float] = collections.deque(maxlen=max(1, self.config.burst))
+        self._last_refusal_reported = 0.0
+        self._pending_login: dict[str, Any] | None = None
+        self._last_heard = time.monotonic()
+        self._ping_sent_at: float | None = None
+        self._close_reason = ""
+        self._stop = False
+        # Outbox state, guarded by _out_lock. `_flushing` marks the one thread (a flusher or
+        # the writer) that owns sending, so frames never go out of order.
+        self._out_lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._chunks: list[bytes] = []
+        self._queued = 0
+        self._scheduled = False
+        self._flushing = False
+        self._closed = False
+        self._drained = threading.Event()  # set while nobody owns sending
+        self._drained.set()
+        self._wait_readable = self._make_waiter()
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        """Queue bytes for this client; never blocks, never touches the socket."""
+        with self._out_lock:
+            if self._closed:
+                return
+            self._chunks.append(data)
+            self._queued += len(data)
+            overflow = self._queued > self.config.outbox_limit
+            schedule = not overflow and not self._scheduled
+            if schedule:
+                self._scheduled = True
+        if overflow:
+            self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent")
+        elif schedule:
+            self.server.dirty.append(self)
+
+    def flush(self) -> None:
+        """Send what is queued without blocking; leave the rest to the writer thread."""
+        with self._out_lock:
+            self._scheduled = False
+            if self._flushing or not self._chunks:
+                return
+            self._flushing = True
+            self._drained.clear()
+        if not self.drain_owned():
+            self.server.writer.watch(self)
+
+    def drain_owned(self) -> bool:
+        """Send queued bytes until done (True) or the socket is full (False).
+
+        Only the owner of `_flushing` calls this; ownership ends when it returns True.
+        """
+        while True:
+            with self._out_lock:
+                if not self._chunks or self._closed:
+                    self._chunks.clear()
+                    self._flushing = False
+                    self._drained.set()
+                    return True
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+            try:
+                sent = self._send_some(data)
+            except ConnectionGone as exc:
+                with self._out_lock:
+                    self._closed = True
+                self.abort(str(exc))
+                continue
+            with self._out_lock:
+                self._queued -= sent
+                if sent < len(data):
+                    self._chunks.insert(0, data[sent:])
+                    return False
+
+    def _send_some(self, data: bytes) -> int:
+        try:
+            with self._io_lock:
+                return self.sock.send(data)
+        except _WOULD_BLOCK:
+            return 0
+        except OSError as exc:
+            raise ConnectionGone(f"send failed: {exc.strerror or exc}") from None
+
+    def abort(self, reason: str) -> None:
+        """Disconnect this client from any thread: its reader wakes up and cleans up."""
+        if not self._close_reason:
+            self._close_reason = reason
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _drain_before_close(self, timeout: float) -> None:
+        """Give queued frames (an error, the goodbye) a moment to leave before closing."""
+        self.server.flush()
+        self.flush()
+        self._drained.wait(timeout)
+
+    # -- reader thread --------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._start_tls()
+            self._read_loop()
+        except ConnectionGone as exc:
+            self._close_reason = self._close_reason or str(exc)
+        except Exception:  # a bug, not bad input: keep the server up, say where
+            log.exception("internal error on connection %s", self.peer)
+            self._close_reason = self._close_reason or "internal server error"
+        finally:
+            self._finish()
+
+    def _start_tls(self) -> None:
+        context = self.server.tls_context
+        if context is not None:
+            self.sock.settimeout(self.config.login_timeout)
+            try:
+                self.sock = context.wrap_socket(self.sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConnectionGone(f"TLS handshake failed: {exc}") from None
+        self.sock.setblocking(False)
+        self._wait_readable = self._make_waiter()
+
+    def _make_waiter(self) -> Callable[[float], bool]:
+        sock = self.sock
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return lambda timeout: bool(poller.poll(max(0.0, timeout) * 1000))
+        return lambda timeout: bool(select.select([sock], [], [], max(0.0, timeout))[0])
+
+    def _read_loop(self) -> None:
+        while not self._stop:
+            if not self._has_buffered_tls() and not self._wait_readable(self._idle_timeout()):
+                self._on_idle()
+                continue
+            data = self._recv()
+            if data is None:
+                continue
+            self._last_heard = time.monotonic()
+            self._ping_sent_at = None
+            self.decoder.receive_data(data)
+            self._process_frames()
+            self.server.flush()
+            if not data:
+                self._close_reason = self._close_reason or "connection closed by client"
+                return
+
+    def _has_buffered_tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
+    def _recv(self) -> bytes | None:
+        try:
+            with self._io_lock:
+                return self.sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
+            return None
+        except OSError as exc:
+            raise ConnectionGone(f"receive failed: {exc.strerror or exc}") from None
+
+    def _process_frames(self) -> None:
+        while not self._stop:
+            try:
+                frame = self.decoder.next_frame()
+            except ProtocolError as error:  # a bad body was skipped; a fatal one stops us
+                self._report(error, None)
+                continue
+            if frame is None:
+                return
+            try:
+                self._dispatch(frame)
+            except GapshapeError as error:
+                self._report(error, frame)
+
+    def _idle_timeout(self) -> float:
+        now = time.monotonic()
+        if self.member is None:
+            return self._last_heard + self.config.login_timeout - now
+        if self._ping_sent_at is not None:
+            return self._ping_sent_at + self.config.ping_timeout - now
+        return self._last_heard + self.config.ping_interval - now
+
+    def _on_idle(self) -> None:
+        now = time.monotonic()
+        if self.member is None:
+            if now - self._last_heard >= self.config.login_timeout:
+                self._close("login timed out")
+        elif self._ping_sent_at is not None:
+            if now - self._ping_sent_at >= self.config.ping_timeout:
+                self._close("no answer to ping")
+        elif now - self._last_heard >= self.config.ping_interval:
+            self._ping_sent_at = now
+            self.push(encode_frame({"type": "ping", "data": secrets.token_hex(4)}))
+            self.flush()
+
+    def _close(self, reason: str) -> None:
+        self._close_reason = self._close_reason or reason
+        self._stop = True
+
+    def _finish(self) -> None:
+        reason = self._close_reason or "disconnected"
+        if self.member is not None:
+            self.server.state.logout(self.member, reason)
+            log.info("disconnect %s (%s): %s", self.member.name, self.peer, reason)
+        if not reason.startswith("slow consumer"):
+            self._drain_before_close(timeout=1.0)
+        with self._out_lock:
+            self._closed = True
+            self._chunks.clear()
+            writer_owns = self._flushing
+        if writer_owns:
+            # The writer watches this socket: shut it down so it turns writable, and let the
+            # writer see it closed and unregister it before its descriptor can be reused.
+            self.abort(reason)
+            self._drained.wait(2.0)
+        self.server.flush()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server.forget(self)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _report(self, error: GapshapeError, frame: Frame | None) -> None:
+        """The one place where an error becomes an `error` frame."""
+        reply: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+        if isinstance(frame, dict):
+            reply["request"] = frame.get("type")
+            if isinstance(frame.get("ref"), str):
+                reply["ref"] = frame["ref"]
+        self.push(encode_frame(reply))
+        if error.fatal:
+            log.info("closing %s: %s", self.peer, error.message)
+            self._close(error.message)
+
+    def _dispatch(self, frame: Frame) -> None:
+        if self.server.stopping:
+            return
+        kind = validate_request(frame)["type"]
+        if kind != "pong" and not self._within_rate():
+            return
+        if self.member is None and kind not in _BEFORE_LOGIN:
+            raise NotLoggedIn("log in first (send a hello frame)")
+        _HANDLERS[kind](self, frame)
+
+    def _within_rate(self) -> bool:
+        """Flood control. A refused frame is reported at most once a second (an error per
+        refused frame would let a flooder make us flood it back); `burst` refusals within
+        10 seconds is abuse, and disconnects."""
+        if self.bucket.take():
+            return True
+        now = time.monotonic()
+        self._refusals.append(now)
+        if len(self._refusals) == self._refusals.maxlen and now - self._refusals[0] < 10:
+            self._close("flooding: too many messages")
+        if now - self._last_refusal_reported < 1.0:
+            return False
+        self._last_refusal_reported = now
+        raise RateLimited("you are sending too fast; slow down")
+
+    def on_hello(self, frame: Frame) -> None:
+        if self.member is not None or self._pending_login is not None:
+            raise RequestError("already logged in")
+        if frame["version"] != PROTOCOL_VERSION:
+            raise UnsupportedVersion(
+                f"protocol version {frame['version']} is not supported; this server speaks "
+                f"version {PROTOCOL_VERSION}"
+            )
+        username = validate_name(frame["username"])
+        if self.server.state.member(username) is not None:
+            raise NameTaken(f'the username "{username}" is already in use')
+        public_der = _b64decode(frame["public_key"], "public_key")
+        try:
+            auth.load_public_key(public_der)
+        except auth.AuthError as exc:
+            raise AuthFailed(f"unusable public key: {exc}") from None
+        registered = self.server.registry.lookup(username)
+        if registered is not None and registered.public_der != public_der:
+            raise KeyMismatch(
+                f'the username "{username}" is registered to another key; if you lost your key, '
+                "ask the server operator to remove the registration"
+            )
+        nonce = secrets.token_bytes(32)
+        self._pending_login = {"username": username, "public_der": public_der, "nonce": nonce,
+                               "public_key": frame["public_key"]}
+        self.push(encode_frame({"type": "challenge", "version": PROTOCOL_VERSION,
+                                "nonce": base64.b64encode(nonce).decode(),
+                                "server_id": self.server.server_id}))
+
+    def on_auth(self, frame: Frame) -> None:
+        pending, self._pending_login = self._pending_login, None
+        if pending is None or self.member is not None:
+            raise RequestError("send hello before auth")
+        signature = _b64decode(frame["signature"], "signature")
+        try:
+            auth.verify_login(pending["public_der"], signature, pending["nonce"],
+                              pending["username"], self.server.server_id)
+        except auth.AuthError:
+            raise AuthFailed("the login signature does not match the key") from None
+        username = pending["username"]
+        with self.server.registration_lock:  # two first logins with one name: one key wins
+            registered = self.server.registry.lookup(username)
+            if registered is None:
+                self.server.registry.register(username, pending["public_der"])
+                log.info("registered the key of %s", username)
+            elif registered.public_der != pending["public_der"]:
+                raise KeyMismatch(f'the username "{username}" is registered to another key')
+        self.member = self.server.state.login(username, self, public_key=pending["public_key"],
+                                              address=self.peer)
+        log.info("connect %s from %s", username, self.peer)
+
+    def on_message(self, frame: Frame) -> None:
+        self.server.state.post(self._me, frame["text"], frame.get("ref"))
+
+    def on_join(self, frame: Frame) -> None:
+        self.server.state.join(self._me, frame["room"])
+        log.info("join %s -> %s", self._me.name, self._me.room)
+
+    def on_rooms(self, frame: Frame) -> None:
+        self.server.state.list_rooms(self._me)
+
+    def on_list(self, frame: Frame) -> None:
+        self.server.state.list_room(self._me)
+
+    def on_users(self, frame: Frame) -> None:
+        self.server.state.list_users(self._me)
+
+    def on_status(self, frame: Frame) -> None:
+        self.server.state.set_status(self._me, frame["status"], frame.get("note"))
+        log.info("status %s -> %s", self._me.name, self._me.status)
+
+    def on_private(self, frame: Frame) -> None:
+        self.server.state.send_private(self._me, frame["to"], frame["envelope"], frame.get("ref"))
+
+    def on_get_key(self, frame: Frame) -> None:
+        """A user's registered public key; clients pin it and check it on every use."""
+        registered = self.server.registry.lookup(frame["user"])
+        if registered is None:
+            raise UnknownUser(f'no user "{frame["user"][:40]}" is known to this server')
+        self.push(encode_frame({
+            "type": "key", "user": registered.username,
+            "public_key": base64.b64encode(registered.public_der).decode(),
+            "fingerprint": registered.fingerprint,
+        }))
+
+    def on_ping(self, frame: Frame) -> None:
+        self.push(encode_frame({"type": "pong", "data": frame.get("data", "")}))
+
+    def on_pong(self, frame: Frame) -> None:
+        """Any input already counts as a sign of life; nothing more to do."""
+
+    def on_quit(self, frame: Frame) -> None:
+        self.push(encode_frame({"type": "bye", "reason": "goodbye"}))
+        self._close("quit")
+
+    @property
+    def _me(self) -> Member:
+        assert self.member is not None  # _dispatch lets only login frames through before
+        return self.member
+
+
+def _b64decode(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f'field "{field}" is not valid base64') from None
+
+
+_BEFORE_LOGIN = {"hello", "auth", "ping", "pong", "quit"}
+_HANDLERS: dict[str, Callable[[Connection, Frame], None]] = {
+    "hello": Connection.on_hello,
+    "auth": Connection.on_auth,
+    "message": Connection.on_message,
+    "join": Connection.on_join,
+    "rooms": Connection.on_rooms,
+    "list": Connection.on_list,
+    "users": Connection.on_users,
+    "status": Connection.on_status,
+    "private": Connection.on_private,
+    "get_key": Connection.on_get_key,
+    "ping": Connection.on_ping,
+    "pong": Connection.on_pong,
+    "quit": Connection.on_quit,
+}
+
+
+class Writer:
+    """One thread for all connections whose socket was full: sends when it is writable."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self.server = server
+        self._selector = selectors.DefaultSelector()
+        self._incoming: collections.deque[Connection] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._running = True
+        self.thread = threading.Thread(target=self._run, name="gapshape-writer", daemon=True)
+
+    def watch(self, conn: Connection) -> None:
+        """Take over sending for `conn`, which owns `_flushing` and has bytes left."""
+        self._incoming.append(conn)
+        self._wake()
+
+    def stop(self) -> None:
+        self._running = False
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # wake-up socket already full: the writer is awake anyway
+            pass
+
+    def _run(self) -> None:
+        while self._running:
+            self._register_incoming()
+            for key, _ in self._selector.select(timeout=1.0):
+                if key.data is None:
+                    self._drain_wakeups()
+                    continue
+                self.server.log.write_pending()
+                conn: Connection = key.data
+                if conn.drain_owned():
+                    self._selector.unregister(key.fileobj)
+
+    def _register_incoming(self) -> None:
+        while self._incoming:
+            conn = self._incoming.popleft()
+            try:
+                self._selector.register(conn.sock, selectors.EVENT_WRITE, conn)
+            except (ValueError, OSError):
+                # Closed meanwhile: draining a closed connection just releases ownership.
+                conn.drain_owned()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+
+class ChatServer:
+    """The listening socket, the connections and the shared state."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.server_id = secrets.token_hex(8)
+        self.log = MessageLog(config.log_path)
+        self.registry = KeyRegistry(config.registry)
+        self.registration_lock = threading.Lock()
+        self.state = ChatState(self.log, server_id=self.server_id)
+        self.dirty: collections.deque[Connection] = collections.deque()
+        self.writer = Writer(self)
+        self.tls_context = _make_tls_context(config)
+        self.stopping = False
+        self._connections: set[Connection] = set()
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._conn_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._listener = socket.create_server((config.host, config.port), backlog=1024)
+        self._listener.settimeout(0.2)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Accept connections until stop(); never dies on an accept error."""
+        self.writer.thread.start()
+        backoff = 0.05
+        while not self.stopping:
+            try:
+                sock, address = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if self.stopping:
+                    break
+                # Out of descriptors or memory: wait for some to be freed instead of dying.
+                log.warning("accept failed (%s); retrying in %.2f s", exc, backoff)
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self._admit(sock, address)
+        self._shutdown()
+
+    def start(self) -> threading.Thread:
+        """Serve in a background thread (tests and embedding)."""
+        thread = threading.Thread(target=self.serve_forever, name="gapshape-accept", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.stopping = True
+        self._stopped.wait(timeout)
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        ip = address[0]
+        with self._conn_lock:
+            refusal = None
+            if len(self._connections) >= self.config.max_clients:
+                refusal = "the server is full; try again later"
+            elif self._per_ip[ip] >= self.config.max_per_address:
+                refusal = "too many connections from your address"
+            if refusal is None:
+                conn = Connection(self, sock, address)
+                self._connections.add(conn)
+                self._per_ip[ip] += 1
+        if refusal is not None:
+            _refuse(sock, ServerFull(refusal), tls=self.tls_context is not None)
+            log.info("refused %s:%s: %s", ip, address[1], refusal)
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        thread = threading.Thread(target=conn.run, name=f"conn-{conn.peer}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # cannot start a thread: out of resources
+            log.warning("cannot start a thread for %s; refusing it", conn.peer)
+            self.forget(conn)
+            sock.close()
+
+    def forget(self, conn: Connection) -> None:
+        with self._conn_lock:
+            if conn in self._connections:
+                self._connections.discard(conn)
+                self._per_ip[conn.ip] -= 1
+                if self._per_ip[conn.ip] <= 0:
+                    del self._per_ip[conn.ip]
+
+    def connection_count(self) -> int:
+        with self._conn_lock:
+            return len(self._connections)
+
+    def flush(self) -> None:
+        """Write the log, then send every outbox with data (see the module docstring)."""
+        self.log.write_pending()
+        dirty = self.dirty
+        while dirty:
+            try:
+                conn = dirty.popleft()
+            except IndexError:
+                return
+            conn.flush()
+
+    def _shutdown(self) -> None:
+        """Say goodbye to everyone, let the frames leave, close the log: within 2 s."""
+        log.info("shutting down")
+        self._listener.close()
+        self.state.broadcast_all({"type": "bye", "reason": "server shutting down"})
+        self.flush()
+        with self._conn_lock:
+            connections = list(self._connections)
+        deadline = time.monotonic() + 1.0
+        for conn in connections:
+            conn._drained.wait(max(0.0, deadline - time.monotonic()))
+            conn.abort("server shutting down")
+        deadline = time.monotonic() + 0.5
+        while self.connection_count() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.writer.stop()
+        self.log.close()
+        log.info("stopped")
+        self._stopped.set()
+
+
+def _refuse(sock: socket.socket, error: GapshapeError, tls: bool) -> None:
+    """Tell a refused client why, if its socket takes the bytes at once, then close."""
+    try:
+        if not tls:
+            sock.setblocking(False)
+            sock.send(encode_frame({"type": "error", "code": error.code, "message": error.message}))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _make_tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(config.tls_cert), str(config.tls_key or config.tls_cert))
+    return context
+
+
+def raise_fd_limit() -> None:
+    """Each client holds a descriptor; lift the soft limit as far as the hard one allows."""
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(description="Gapshape chat server.")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port; 0 picks a free one (default %(default)s)")
+    p.add_argument("--log", type=Path, default=d.log_path, help="message log, JSON Lines (default %(default)s)")
+    p.add_argument("--registry", type=Path, help="username -> key registry (default: keyregistry.json beside the log)")
+    p.add_argument("--max-frame", type=int, default=d.max_frame_size, help="largest frame accepted, bytes (default %(default)s)")
+    p.add_argument("--outbox-limit", type=int, default=d.outbox_limit, help="bytes queued for one client before it is dropped as a slow consumer (default %(default)s)")
+    p.add_argument("--ping-interval", type=float, default=d.ping_interval, help="seconds of silence before the server pings a client (default %(default)s)")
+    p.add_argument("--ping-timeout", type=float, default=d.ping_timeout, help="seconds to wait for any answer to a ping (default %(default)s)")
+    p.add_argument("--login-timeout", type=float, default=d.login_timeout, help="seconds a new connection has to log in (default %(default)s)")
+    p.add_argument("--rate", type=float, default=d.rate, help="frames per second a client may sustain; 0 = no flood control (default %(default)s)")
+    p.add_argument("--burst", type=int, default=d.burst, help="frames a client may send at once above the rate (default %(default)s)")
+    p.add_argument("--max-clients", type=int, default=d.max_clients, help="connections the server holds at once (default %(default)s)")
+    p.add_argument("--max-per-address", type=int, default=d.max_per_address, help="connections from one IP address (default %(default)s)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (if not in the same file)")
+    p.add_argument("--forget-user", metavar="NAME", help="operator: remove NAME's key registration (lost key) and exit")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host, port=args.port, log_path=args.log, registry_path=args.registry,
+        max_frame_size=args.max_frame, outbox_limit=args.outbox_limit,
+        ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
+        login_timeout=args.login_timeout, rate=args.rate, burst=args.burst,
+        max_clients=args.max_clients, max_per_address=args.max_per_address,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    config = config_from_args(args)
+    if args.forget_user:
+        removed = KeyRegistry(config.registry).forget(args.forget_user)
+        print(f"{args.forget_user}: {'registration removed' if removed else 'was not registered'}")
+        return 0
+    raise_fd_limit()
+    threading.stack_size(THREAD_STACK_SIZE)
+    server = ChatServer(config)
+    host, port = server.address
+    scheme = "TLS" if server.tls_context else "plain TCP"
+    print(f"Gapshape server listening on {host}:{port} ({scheme})", flush=True)
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        server.stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, request_stop)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
