@@ -585,14 +585,14 @@ class ChatClient:
                 data = self._sock.recv(65536)
                 self._decoder.receive_data(data)
                 if not data:
-                    if self._closing:
+                    if self._closing and not clean:
                         reason, clean = "disconnected", True
                     break
         except ProtocolError as exc:
             reason = f"the server sent a bad frame: {exc}"
         except OSError as exc:
             if self._closing:
-                reason, clean = "disconnected", True
+                reason, clean = (reason, True) if clean else ("disconnected", True)
             else:
                 reason = f"connection lost: {exc.strerror or exc}"
         finally:
