@@ -316,13 +316,20 @@ class ChatClient:
                      "client": CLIENT_NAME})
         challenge = self._expect("challenge")
         nonce = base64.b64decode(challenge["nonce"])
-        self.server_id = str(challenge.get("server_id", ""))
+        self.server_id = self._channel_id() or str(challenge.get("server_id", ""))
         signature = auth.sign_login(self.identity.private_key, nonce, self.username, self.server_id)
         self._write({"type": "auth", "signature": base64.b64encode(signature).decode()})
         frame = self._expect("welcome")
         self.username = frame["user"]
         self.room = frame["room"]
         return Welcome(frame["user"], frame["room"], frame["server_id"], frame["time"])
+
+    def _channel_id(self) -> str:
+        """Under TLS, the login proof is bound to the certificate we actually see, so a
+        server cannot pass it on to another server (see docs/SECURITY.md)."""
+        if not isinstance(self._sock, ssl.SSLSocket):
+            return ""
+        return hashlib.sha256(self._sock.getpeercert(binary_form=True) or b"").hexdigest()
 
     def _expect(self, kind: str) -> Frame:
         """Read frames during login until `kind`; an error frame becomes LoginError."""

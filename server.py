@@ -24,7 +24,7 @@ import argparse
 import base64
 import binascii
 import collections
-import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -584,14 +584,14 @@ class ChatServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.server_id = secrets.token_hex(8)
+        self.tls_context = _make_tls_context(config)
+        self.server_id = _server_id(config)
         self.log = MessageLog(config.log_path)
         self.registry = KeyRegistry(config.registry)
         self.registration_lock = threading.Lock()
         self.state = ChatState(self.log, server_id=self.server_id)
         self.dirty: collections.deque[Connection] = collections.deque()
         self.writer = Writer(self)
-        self.tls_context = _make_tls_context(config)
         self.stopping = False
         self._connections: set[Connection] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
@@ -713,6 +713,19 @@ def _refuse(sock: socket.socket, error: GapshapeError, tls: bool) -> None:
         pass
     finally:
         sock.close()
+
+
+def _server_id(config: ServerConfig) -> str:
+    """What login proofs are bound to. Under TLS it is the SHA-256 of our certificate, which
+    the client computes itself from the certificate it sees: a proof made for one server
+    cannot be relayed to another. In plain TCP anyone in the path can relay anything, so a
+    random id per run only separates servers."""
+    if config.tls_cert is None:
+        return secrets.token_hex(8)
+    pem = config.tls_cert.read_text("ascii")
+    first = pem[pem.index("-----BEGIN CERTIFICATE-----"):]
+    first = first[: first.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()
 
 
 def _make_tls_context(config: ServerConfig) -> ssl.SSLContext | None:
