@@ -162,6 +162,9 @@ class Connection:
             self._chunks.append(data)
             self._queued += len(data)
             overflow = self._queued > self.config.outbox_limit
+            if overflow:  # drop it all now: a client that does not read gets nothing more
+                self._closed = True
+                self._chunks.clear()
             schedule = not overflow and not self._scheduled
             if schedule:
                 self._scheduled = True
@@ -226,11 +229,15 @@ class Connection:
         except OSError:
             pass
 
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until nothing queued is waiting for the socket (True) or `timeout` passes."""
+        return self._drained.wait(timeout)
+
     def _drain_before_close(self, timeout: float) -> None:
         """Give queued frames (an error, the goodbye) a moment to leave before closing."""
         self.server.flush()
         self.flush()
-        self._drained.wait(timeout)
+        self.wait_drained(timeout)
 
     # -- reader thread --------------------------------------------------------------------
 
@@ -348,7 +355,7 @@ class Connection:
             # The writer watches this socket: shut it down so it turns writable, and let the
             # writer see it closed and unregister it before its descriptor can be reused.
             self.abort(reason)
-            self._drained.wait(2.0)
+            self.wait_drained(2.0)
         self.server.flush()
         try:
             self.sock.close()
@@ -596,6 +603,7 @@ class ChatServer:
         self._connections: set[Connection] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._conn_lock = threading.Lock()
+        self._conn_gone = threading.Condition(self._conn_lock)
         self._stopped = threading.Event()
         self._listener = socket.create_server((config.host, config.port), backlog=1024)
         self._listener.settimeout(0.2)
@@ -666,6 +674,7 @@ class ChatServer:
                 self._per_ip[conn.ip] -= 1
                 if self._per_ip[conn.ip] <= 0:
                     del self._per_ip[conn.ip]
+                self._conn_gone.notify_all()
 
     def connection_count(self) -> int:
         with self._conn_lock:
@@ -692,11 +701,10 @@ class ChatServer:
             connections = list(self._connections)
         deadline = time.monotonic() + 1.0
         for conn in connections:
-            conn._drained.wait(max(0.0, deadline - time.monotonic()))
+            conn.wait_drained(max(0.0, deadline - time.monotonic()))
             conn.abort("server shutting down")
-        deadline = time.monotonic() + 0.5
-        while self.connection_count() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with self._conn_gone:
+            self._conn_gone.wait_for(lambda: not self._connections, timeout=0.7)
         self.writer.stop()
         self.log.close()
         log.info("stopped")
