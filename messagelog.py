@@ -75,6 +75,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from fileutil import write_atomically
+
 __all__ = ["MessageLog", "Recovery", "decode_line", "encode_record", "timestamp"]
 
 logger = logging.getLogger(__name__)
@@ -255,29 +257,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
-    """Replace `path` with `data`: a reader sees the old file or the new one, never a mix."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    if durable:
-        _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name != "posix":
-        return  # Windows cannot open a directory; its replace is as durable as it gets
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MessageLog:
@@ -462,7 +441,7 @@ class MessageLog:
             checkpoint = _Checkpoint(
                 self._offset, snapshot.next_id, self._history_size, head, tail, snapshot.history
             )
-            _atomic_write(self.checkpoint_path, checkpoint.to_bytes(), durable=durable)
+            write_atomically(self.checkpoint_path, checkpoint.to_bytes(), durable=durable)
         except (OSError, ValueError, TypeError):
             logger.exception("cannot write %s; the next start scans more", self.checkpoint_path)
             return

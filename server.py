@@ -26,7 +26,6 @@ import binascii
 import collections
 import hashlib
 import logging
-import os
 import secrets
 import select
 import selectors

@@ -588,7 +588,7 @@ while True:
 # Checkpoints are the only files messagelog opens with "wb": the third one writes half
 # of its bytes, then hangs until the test kills the process.
 STALL_IN_THIRD_CHECKPOINT = """
-import builtins
+import fileutil
 
 class HalfWrite:
     def __init__(self, handle):
@@ -604,14 +604,16 @@ class HalfWrite:
         time.sleep(60)
 
 calls = 0
+real_fdopen = fileutil.os.fdopen
 
-def stalling_open(file, mode="r", *args, **kwargs):
+def stalling_fdopen(fd, mode="r", *args, **kwargs):
     global calls
-    handle = builtins.open(file, mode, *args, **kwargs)
+    handle = real_fdopen(fd, mode, *args, **kwargs)
     calls += mode == "wb"
     return HalfWrite(handle) if mode == "wb" and calls >= 3 else handle
 
-messagelog.open = stalling_open
+# Checkpoints are written through fileutil.write_atomically; only this child process is patched.
+fileutil.os.fdopen = stalling_fdopen
 """
 
 kill_only_on_posix = pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
@@ -664,8 +666,8 @@ def test_kill_9_loses_nothing_that_write_pending_returned(tmp_path: Path) -> Non
 def test_kill_9_while_writing_a_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "messageslog.json"
     printed = run_and_kill(path, until="STALL", every=20, patch=STALL_IN_THIRD_CHECKPOINT)
-    leftover = tmp_path / "messageslog.json.checkpoint.tmp"
-    assert leftover.exists()  # the killed process was half way through a checkpoint
+    leftovers = list(tmp_path.glob(".messageslog.json.checkpoint.*.tmp"))
+    assert leftovers  # the killed process was half way through a checkpoint
 
     records = read_records(path)
     assert set(printed) <= {record["id"] for record in records if record["event"] == "message"}
