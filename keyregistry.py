@@ -6,12 +6,16 @@ of that same key (``auth.verify_login``). Only an operator can release a name, w
 their key. Names are compared case-insensitively: entries are keyed by the case-folded
 name and keep the spelling first registered for display.
 
-File format (JSON, written atomically via a temporary file and ``os.replace``)::
+File format: JSON Lines, append-only, one line per change, so a registration costs one
+small appended write (and an fsync) however many users exist::
 
-    {"version": 1,
-     "users": {"<casefolded name>": {"username": "...", "fingerprint": "<sha256 hex>",
-                                      "public_key": "<base64 SPKI DER>",
-                                      "registered_at": "YYYY-MM-DDTHH:MM:SS.mmmZ"}}}
+    {"op": "register", "username": "Bob", "fingerprint": "<sha256 hex>",
+     "public_key": "<base64 SPKI DER>", "registered_at": "YYYY-MM-DDTHH:MM:SS.mmmZ"}
+    {"op": "forget", "username": "Bob", "at": "YYYY-MM-DDTHH:MM:SS.mmmZ"}
+
+Replaying the lines in order gives the registry. An operator's ``--forget-user`` runs in
+another process while the server is up: the server notices that the file changed (size or
+modification time) at its next lookup and reads it again.
 
 This module runs in the server, which must never import ``crypto.py``; it uses ``auth``.
 """
@@ -21,18 +25,16 @@ import base64
 import binascii
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from auth import key_fingerprint, load_public_key
-from fileutil import write_atomically
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 class KeyRegistryError(Exception):
@@ -54,20 +56,23 @@ class RegisteredKey:
 
 
 class KeyRegistry:
-    """Username -> registered public key, kept in a JSON file. Thread-safe.
+    """Username -> registered public key, kept in a JSON Lines file. Thread-safe.
 
-    A missing file is an empty registry; a damaged one raises KeyRegistryError at
-    construction rather than silently letting names be registered again.
+    A missing file is an empty registry; a damaged one raises KeyRegistryError rather than
+    silently letting names be registered again.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._entries: dict[str, RegisteredKey] = _load(self.path)
+        self._entries: dict[str, RegisteredKey] = {}
+        self._seen: tuple[int, int] | None = None  # (size, mtime_ns) of the file we read
+        self._reload_if_changed()
 
     def lookup(self, username: str) -> RegisteredKey | None:
         """The key registered for ``username`` (any case), or None."""
         with self._lock:
+            self._reload_if_changed()
             return self._entries.get(username.casefold())
 
     def register(self, username: str, public_der: bytes,
@@ -82,6 +87,7 @@ class KeyRegistry:
         load_public_key(public_der)  # refuse bad keys before they are ever stored
         fingerprint = key_fingerprint(public_der)
         with self._lock:
+            self._reload_if_changed()
             current = self._entries.get(username.casefold())
             if current is not None:
                 if current.fingerprint != fingerprint:
@@ -90,33 +96,59 @@ class KeyRegistry:
                     )
                 return current
             entry = RegisteredKey(username, fingerprint, public_der, _timestamp(now))
-            self._save({**self._entries, username.casefold(): entry})
+            self._append(_register_line(entry))
+            self._entries[username.casefold()] = entry
         logger.info("registered %s with key %s", username, fingerprint)
         return entry
 
     def forget(self, username: str) -> bool:
         """Remove the registration of ``username``; return whether there was one."""
         with self._lock:
+            self._reload_if_changed()
             folded = username.casefold()
-            if folded not in self._entries:
+            entry = self._entries.get(folded)
+            if entry is None:
                 return False
-            self._save({k: v for k, v in self._entries.items() if k != folded})
+            self._append({"op": "forget", "username": entry.username, "at": _timestamp(None)})
+            del self._entries[folded]
         logger.info("forgot the registered key of %s", username)
         return True
 
     def usernames(self) -> list[str]:
         """Display names of every registered user, sorted case-insensitively."""
         with self._lock:
+            self._reload_if_changed()
             return sorted((e.username for e in self._entries.values()), key=str.casefold)
 
-    def _save(self, entries: dict[str, RegisteredKey]) -> None:
-        """Write ``entries`` to disk, then adopt them; the caller holds the lock."""
-        data = json.dumps(_document(entries), indent=2, sort_keys=True, ensure_ascii=False)
+    def _append(self, change: dict[str, Any]) -> None:
+        """Append one change durably; the caller holds the lock."""
+        line = (json.dumps(change, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         try:
-            write_atomically(self.path, (data + "\n").encode("utf-8"))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._seen = _file_version(self.path)
         except OSError as exc:
             raise KeyRegistryError(f"cannot write the key registry {self.path}: {exc}") from None
-        self._entries = entries
+
+    def _reload_if_changed(self) -> None:
+        """Read the file again if someone else (the operator) changed it."""
+        version = _file_version(self.path)
+        if version != self._seen:
+            self._entries = _load(self.path)
+            self._seen = version
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_size, info.st_mtime_ns
 
 
 def _check_username(username: object) -> None:
@@ -132,42 +164,51 @@ def _timestamp(now: datetime | None) -> str:
 # ---------------------------------------------------------------------------------------
 # File format
 
-def _document(entries: dict[str, RegisteredKey]) -> dict[str, Any]:
+def _register_line(entry: RegisteredKey) -> dict[str, Any]:
     return {
-        "version": FORMAT_VERSION,
-        "users": {
-            folded: {
-                "username": e.username,
-                "fingerprint": e.fingerprint,
-                "public_key": base64.b64encode(e.public_der).decode("ascii"),
-                "registered_at": e.registered_at,
-            }
-            for folded, e in entries.items()
-        },
+        "op": "register",
+        "username": entry.username,
+        "fingerprint": entry.fingerprint,
+        "public_key": base64.b64encode(entry.public_der).decode("ascii"),
+        "registered_at": entry.registered_at,
     }
 
 
 def _load(path: Path) -> dict[str, RegisteredKey]:
+    """Replay the file's changes; any line that is not a valid change is damage."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyRegistryError(f"cannot read the key registry {path}: {exc}") from None
-    try:
-        document = json.loads(text)
-    except ValueError:
-        raise _corrupt(path, "it is not valid JSON") from None
-    if not isinstance(document, dict) or type(document.get("version")) is not int \
-            or document["version"] != FORMAT_VERSION or not isinstance(document.get("users"), dict):
-        raise _corrupt(path, "unknown format")
-    entries = {}
-    for folded, raw in document["users"].items():
-        entry = _entry_from_json(raw)
-        if entry is None or entry.username.casefold() != folded:
-            raise _corrupt(path, f"bad entry for {folded!r}")
-        entries[folded] = entry
+    entries: dict[str, RegisteredKey] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            change = json.loads(line)
+        except ValueError:
+            raise _corrupt(path, f"line {number} is not valid JSON") from None
+        _replay(entries, change, lambda reason: _corrupt(path, f"line {number}: {reason}"))
     return entries
+
+
+def _replay(entries: dict[str, RegisteredKey], change: object,
+            damaged: Callable[[str], KeyRegistryError]) -> None:
+    if not isinstance(change, dict) or change.get("op") not in ("register", "forget"):
+        raise damaged("unknown change")
+    username = change.get("username")
+    if not isinstance(username, str) or not username:
+        raise damaged("no username")
+    folded = username.casefold()
+    if change["op"] == "forget":
+        entries.pop(folded, None)
+        return
+    entry = _entry_from_json(change)
+    if entry is None:
+        raise damaged(f"bad entry for {username!r}")
+    if folded in entries and entries[folded].fingerprint != entry.fingerprint:
+        raise damaged(f"{username!r} registered twice without being forgotten")
+    entries[folded] = entry
 
 
 def _entry_from_json(raw: object) -> RegisteredKey | None:

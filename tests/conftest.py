@@ -109,18 +109,22 @@ def client_factory(tmp_path: Path, key_pool: KeyPool) -> Iterator[Callable[..., 
     """connect(server, "alice") -> a logged-in ChatClient whose `.recorder` holds its events.
 
     Each username gets its own data directory and, unless `key` is given, a pooled key of
-    its own (the pool is shared by the whole session, so keys are made once)."""
+    its own (the pool is shared by the whole session, so keys are made once). Keys 5 and 6
+    serve as "someone else's key" in tests: reusing them keeps key generation to a few."""
     from client import ChatClient
 
     clients: list[Any] = []
     assigned: dict[str, int] = {}
 
-    def connect(chat: Any, username: str, *, key: int | None = None, **options: Any) -> Any:
+    def connect(chat: Any, username: str, *, key: int | None = None, home: str | None = None,
+                **options: Any) -> Any:
+        """`home` names the user's data directory (default: the username); another home is
+        another device, with its own key file and pins."""
         index = key if key is not None else assigned.setdefault(username, len(assigned))
         recorder = Recorder()
-        client = ChatClient(username, *chat.address, data_dir=tmp_path / "clients" / username,
-                            ident=make_identity(tmp_path / "clients" / username, username,
-                                                key_pool.get(index)),
+        data_dir = tmp_path / "clients" / (home or username)
+        client = ChatClient(username, *chat.address, data_dir=data_dir,
+                            ident=make_identity(data_dir, username, key_pool.get(index)),
                             on_event=recorder, **options)
         client.recorder = recorder
         client.connect()

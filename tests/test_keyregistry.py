@@ -1,6 +1,7 @@
 """Tests for keyregistry.py: the server's username -> public key record."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -76,14 +77,33 @@ def test_persistence_and_file_layout(path, der_a, der_b):
     registry = KeyRegistry(path)
     registry.register("Bob", der_b, now=WHEN)
     registry.register("alice", der_a)
-    document = json.loads(path.read_text())
-    assert document["version"] == 1
-    assert document["users"]["bob"]["username"] == "Bob"
-    assert document["users"]["bob"]["fingerprint"] == key_fingerprint(der_b)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(line["op"], line["username"]) for line in lines] == [("register", "Bob"),
+                                                                 ("register", "alice")]
+    assert lines[0]["fingerprint"] == key_fingerprint(der_b)
     assert KeyRegistry(path).usernames() == ["alice", "Bob"]
     if os.name == "posix":
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+
+
+def test_registration_appends_one_line_whatever_the_size(path, der_a, der_b):
+    registry = KeyRegistry(path)
+    for n in range(50):
+        registry.register(f"user{n}", der_a)
+    before = path.stat().st_size
+    registry.register("one-more", der_b)
+    added = path.stat().st_size - before
+    assert added < 1000  # one line, not a rewrite of fifty entries
+    assert registry.forget("user3") and KeyRegistry(path).lookup("user3") is None
+
+
+def test_a_forget_by_another_process_is_seen_by_the_running_server(path, der_a, der_b):
+    running = KeyRegistry(path)
+    running.register("alice", der_a)
+    KeyRegistry(path).forget("alice")  # the operator's --forget-user, elsewhere
+    assert running.lookup("alice") is None
+    assert running.register("alice", der_b).public_der == der_b
 
 
 def test_bad_keys_are_never_stored(path, der_a):
@@ -99,20 +119,26 @@ def test_unprintable_username_is_refused(path, der_a):
         KeyRegistry(path).register("al\nice", der_a)
 
 
+def _registered_twice(line: dict, der_b: bytes) -> str:
+    """The name registered again, with another key, without a forget in between."""
+    other = {**line, "public_key": base64.b64encode(der_b).decode(),
+             "fingerprint": key_fingerprint(der_b)}
+    return json.dumps(line) + "\n" + json.dumps(other)
+
+
 @pytest.mark.parametrize("damage", [
-    lambda doc: "{not json",
-    lambda doc: json.dumps([doc]),
-    lambda doc: json.dumps({**doc, "version": 2}),
-    lambda doc: json.dumps({**doc, "users": []}),
-    lambda doc: json.dumps({**doc, "users": {"bob": doc["users"]["alice"]}}),
-    lambda doc: json.dumps({**doc, "users": {"alice": {**doc["users"]["alice"],
-                                                       "fingerprint": "0" * 64}}}),
-    lambda doc: json.dumps({**doc, "users": {"alice": {**doc["users"]["alice"],
-                                                       "public_key": "!!"}}}),
+    lambda line, der_b: "{not json",
+    lambda line, der_b: json.dumps([line]),
+    lambda line, der_b: json.dumps({**line, "op": "steal"}),
+    lambda line, der_b: json.dumps({**line, "username": ""}),
+    lambda line, der_b: json.dumps({**line, "fingerprint": "0" * 64}),
+    lambda line, der_b: json.dumps({**line, "public_key": "!!"}),
+    _registered_twice,
 ])
-def test_damaged_file_is_refused(path, der_a, damage):
+def test_damaged_file_is_refused(path, der_a, der_b, damage):
     KeyRegistry(path).register("alice", der_a)
-    path.write_text(damage(json.loads(path.read_text())))
+    line = json.loads(path.read_text().splitlines()[0])
+    path.write_text(damage(line, der_b) + "\n")
     with pytest.raises(KeyRegistryError, match="damaged"):
         KeyRegistry(path)
 
