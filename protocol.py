@@ -21,6 +21,7 @@ each request type carries; docs/PROTOCOL.md documents the same table.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any, Mapping
 
@@ -28,6 +29,7 @@ from errors import FrameTooLarge, ProtocolError, TruncatedFrame
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024
+MAX_NESTING = 32  # objects and arrays inside one another; real frames need 3
 HEADER = struct.Struct(">I")
 
 Frame = dict[str, Any]
@@ -54,6 +56,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a double (1e999) would become inf,
+    which JSON cannot carry, so no frame holding it could be encoded again."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
 def decode_body(body: bytes) -> Frame:
     """Parse one frame body; raise ProtocolError saying what is wrong with it."""
     try:
@@ -61,7 +72,7 @@ def decode_body(body: bytes) -> Frame:
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"frame is not valid UTF-8 (byte {exc.start})") from None
     try:
-        frame = json.loads(text, parse_constant=_reject_constant)
+        frame = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ProtocolError("frame JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, over-long integers
@@ -70,7 +81,28 @@ def decode_body(body: bytes) -> Frame:
         raise ProtocolError("frame must be a JSON object")
     if not isinstance(frame.get("type"), str):
         raise ProtocolError('frame must have a string "type"')
+    if _nesting_exceeds(frame, MAX_NESTING):
+        # json.loads stops near the recursion limit, but anything that deep cannot be
+        # encoded again a few stack frames further down (rooms.send_private would fail).
+        raise ProtocolError(f"frame JSON is nested more than {MAX_NESTING} levels deep")
     return frame
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest more than `limit` deep; iterative, so any depth is safe."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 class FrameDecoder:

@@ -7,9 +7,9 @@ How bytes move:
   and hands each to a handler, which calls into the state (rooms.ChatState).
 - The state pushes encoded frames into the recipients' outboxes (`Connection.push`): a
   bounded list of byte strings. Pushing never touches a socket.
-- After a batch of input, the reader calls `ChatServer.flush()`: first the message log
-  writes everything pending (so whatever a client receives is already in the log), then
-  every outbox with data is sent with one non-blocking `send` of all its frames joined.
+- After a batch of input, the reader calls `ChatServer.flush()`: every outbox with data is
+  sent with one non-blocking `send` of all its frames joined. Right before any send the
+  message log writes everything pending, so whatever a client receives is in the log.
 - What a socket does not accept at once waits in its outbox, and the shared `Writer`
   thread sends it when the socket becomes writable. No thread ever blocks on another
   client's socket, and an outbox over its byte limit disconnects that (slow) client only.
@@ -135,6 +135,7 @@ class Connection:
         self._last_refusal_reported = 0.0
         self._pending_login: dict[str, Any] | None = None
         self._last_heard = time.monotonic()
+        self._login_deadline = self._last_heard + self.config.login_timeout  # from accept
         self._ping_sent_at: float | None = None
         self._close_reason = ""
         self._stop = False
@@ -197,6 +198,10 @@ class Connection:
                     return True
                 data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
                 self._chunks.clear()
+            # Each frame in `data` was pushed after its record was appended to the log, so
+            # writing the log here, the one place bytes leave, puts every one of them in the
+            # file first: whatever a client received survives a kill -9.
+            self.server.log.write_pending()
             try:
                 sent = self._send_some(data)
             except ConnectionGone as exc:
@@ -273,6 +278,9 @@ class Connection:
 
     def _read_loop(self) -> None:
         while not self._stop:
+            if self.member is None and time.monotonic() >= self._login_deadline:
+                self._close("login timed out")  # however much it sent meanwhile
+                break
             if not self._has_buffered_tls() and not self._wait_readable(self._idle_timeout()):
                 self._on_idle()
                 continue
@@ -305,7 +313,7 @@ class Connection:
             try:
                 frame = self.decoder.next_frame()
             except ProtocolError as error:  # a bad body was skipped; a fatal one stops us
-                self._report(error, None)
+                self._report_bad_frame(error)
                 continue
             if frame is None:
                 return
@@ -317,7 +325,7 @@ class Connection:
     def _idle_timeout(self) -> float:
         now = time.monotonic()
         if self.member is None:
-            return self._last_heard + self.config.login_timeout - now
+            return self._login_deadline - now
         if self._ping_sent_at is not None:
             return self._ping_sent_at + self.config.ping_timeout - now
         return self._last_heard + self.config.ping_interval - now
@@ -325,7 +333,7 @@ class Connection:
     def _on_idle(self) -> None:
         now = time.monotonic()
         if self.member is None:
-            if now - self._last_heard >= self.config.login_timeout:
+            if now >= self._login_deadline:
                 self._close("login timed out")
         elif self._ping_sent_at is not None:
             if now - self._ping_sent_at >= self.config.ping_timeout:
@@ -376,12 +384,20 @@ class Connection:
             log.info("closing %s: %s", self.peer, error.message)
             self._close(error.message)
 
+    def _report_bad_frame(self, error: ProtocolError) -> None:
+        """Bad frames count against flood control too, so junk cannot buy error frames."""
+        try:
+            if error.fatal or self._within_rate():
+                self._report(error, None)
+        except RateLimited as limited:
+            self._report(limited, None)
+
     def _dispatch(self, frame: Frame) -> None:
         if self.server.stopping:
             return
+        if frame["type"] != "pong" and not self._within_rate():
+            return  # every frame counts, valid or not
         kind = validate_request(frame)["type"]
-        if kind != "pong" and not self._within_rate():
-            return
         if self.member is None and kind not in _BEFORE_LOGIN:
             raise NotLoggedIn("log in first (send a hello frame)")
         _HANDLERS[kind](self, frame)
@@ -559,14 +575,22 @@ class Writer:
     def _run(self) -> None:
         while self._running:
             self._register_incoming()
-            for key, _ in self._selector.select(timeout=1.0):
-                if key.data is None:
-                    self._drain_wakeups()
-                    continue
-                self.server.log.write_pending()
-                conn: Connection = key.data
-                if conn.drain_owned():
+            try:
+                self._send_ready()
+            except Exception:  # e.g. the log's disk is full: keep the writer alive, say so
+                log.exception("the writer thread hit an error; going on")
+
+    def _send_ready(self) -> None:
+        for key, _ in self._selector.select(timeout=1.0):
+            if key.data is None:
+                self._drain_wakeups()
+                continue
+            conn: Connection = key.data
+            if conn.drain_owned():
+                try:
                     self._selector.unregister(key.fileobj)
+                except (KeyError, ValueError):
+                    pass
 
     def _register_incoming(self) -> None:
         while self._incoming:
@@ -680,8 +704,7 @@ class ChatServer:
             return len(self._connections)
 
     def flush(self) -> None:
-        """Write the log, then send every outbox with data (see the module docstring)."""
-        self.log.write_pending()
+        """Send every outbox with data (each drain writes the log first; module docstring)."""
         dirty = self.dirty
         while dirty:
             try:
