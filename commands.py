@@ -41,6 +41,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("quit", "", "disconnect and leave", aliases=("exit",)),
 )
 
+STATUS_WORDS = ("online", "away", "dnd")
+
 _BY_NAME = {name: spec for spec in COMMANDS for name in (spec.name, *spec.aliases)}
 
 
@@ -110,7 +112,7 @@ def complete(text: str, usernames: Sequence[str], rooms: Sequence[str] = ()) -> 
 
     The first word completes to command names; after a command that takes a user or a
     room, and anywhere in a plain message, the last word completes to usernames (rooms
-    after /join). Returns full replacement lines, sorted.
+    after /join, status words after /status). Returns full replacement lines, sorted.
     """
     head, _, word = text.rpartition(" ")
     if not head and word.startswith("/"):
@@ -119,6 +121,8 @@ def complete(text: str, usernames: Sequence[str], rooms: Sequence[str] = ()) -> 
     command = head.split(" ", 1)[0].lower() if head.startswith("/") else ""
     if command == "/join":
         candidates = list(rooms)
+    elif command == "/status" and " " not in head:
+        candidates = list(STATUS_WORDS)
     else:
         candidates = list(usernames)
     lowered = word.lower()

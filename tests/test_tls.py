@@ -300,3 +300,27 @@ def test_the_documented_openssl_certificate_serves_tls_from_the_command_line(
         server.signal(signal.SIGTERM)
         server.wait()
         server.stop()
+
+
+def test_the_desktop_client_logs_in_over_tls(
+    tls_server: Any, certs: Certificates, tmp_path: Path, key_pool: Any
+) -> None:
+    """clientgui.py's network side (chatview.ClientLink) with --cafile and with --tls."""
+    import queue
+
+    import chatview
+    from conftest import make_identity
+
+    for settings in (TlsSettings(cafile=str(certs.cafile)), TlsSettings()):
+        home = tmp_path / ("gui-ca" if settings.cafile else "gui-pin")
+        make_identity(home, "alice", key_pool.get(0))
+        posted: queue.Queue[Any] = queue.Queue()
+        link = chatview.ClientLink(posted.put, home, tls=settings)
+        link.connect(chatview.LoginRequest("alice", *tls_server.address))
+        try:
+            while not isinstance(event := posted.get(timeout=WAIT), chatview.Connected):
+                assert not isinstance(event, chatview.ConnectFailed), event
+            assert isinstance(link._client._sock, ssl.SSLSocket)
+        finally:
+            link.shutdown()
+    assert "127.0.0.1" in (tmp_path / "gui-pin" / "known_servers.json").read_text()

@@ -1,0 +1,518 @@
+"""The desktop client driven like a person uses it: a real clientgui.py process on a
+virtual display, typed into with `xdotool type`/`key` and clicked with `xdotool click`.
+
+What the widgets show is read from the window's test hook (GAPSHAPE_GUI_PROBE: a JSON
+snapshot the GUI rewrites whenever its widgets change); the other side of every
+conversation is a terminal-side ChatClient. Every wait polls with a timeout.
+
+Needs Xvfb (or a DISPLAY) and xdotool; skipped cleanly without them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from conftest import ROOT, make_identity
+
+from client import (
+    PrivateMessage,
+    RoomJoined,
+    RoomMessage,
+    StatusChanged,
+    UserJoined,
+    UserLeft,
+    UserList,
+)
+
+WAIT = 15.0  # seconds any one expected change may take
+
+
+# -- the display --------------------------------------------------------------------------
+
+def _start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
+    """Xvfb on a display number it picks itself (-displayfd), ready when it answers."""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    number = b""
+    deadline = time.monotonic() + WAIT
+    os.set_blocking(read_end, False)
+    while not number.endswith(b"\n"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.skip("Xvfb did not start")
+        try:
+            chunk = os.read(read_end, 16)
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        number += chunk
+    os.close(read_end)
+    display = f":{number.decode().strip()}"
+    socket_path = Path(f"/tmp/.X11-unix/X{display[1:]}")
+    while not socket_path.exists():  # -displayfd writes when ready; check the socket anyway
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.skip("Xvfb's socket did not appear")
+        time.sleep(0.02)
+    return process, display
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[str]:
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed (Debian: apt-get install xdotool)")
+    if shutil.which("Xvfb"):
+        process, name = _start_xvfb()
+        try:
+            yield name
+        finally:
+            process.terminate()
+            process.wait(5)
+    elif os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+    else:
+        pytest.skip("no X display: install Xvfb (Debian: apt-get install xvfb xauth)")
+
+
+# -- the window under test ----------------------------------------------------------------
+
+class Gui:
+    """One clientgui.py process, its probe file, and xdotool aimed at its display."""
+
+    def __init__(self, display: str, home: Path, probe: Path, *args: str) -> None:
+        self.display, self.home, self.probe = display, home, probe
+        self.env = {**os.environ, "DISPLAY": display, "GAPSHAPE_HOME": str(home),
+                    "GAPSHAPE_GUI_PROBE": str(probe)}
+        self.env.pop("GAPSHAPE_PASSPHRASE", None)
+        probe.unlink(missing_ok=True)
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "clientgui.py"), *args],
+                                        env=self.env, cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        self.last: dict[str, Any] = {}
+
+    # -- reading what it shows
+
+    def state(self) -> dict[str, Any]:
+        try:
+            self.last = json.loads(self.probe.read_text("utf-8"))
+        except (OSError, ValueError):
+            pass
+        return self.last
+
+    def wait(self, predicate: Callable[[dict[str, Any]], Any], what: str,
+             timeout: float = WAIT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            try:
+                if state and predicate(state):
+                    return state
+            except (KeyError, IndexError, TypeError):
+                pass
+            if self.process.poll() is not None:
+                output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+                raise AssertionError(f"the GUI exited ({self.process.returncode}) while waiting "
+                                     f"for {what}:\n{output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; the window shows:\n"
+                                     f"{json.dumps(state, indent=1, ensure_ascii=False)[:4000]}")
+            time.sleep(0.05)
+
+    def conversation_has(self, text: str) -> dict[str, Any]:
+        return self.wait(lambda s: text in s["conversation"], f"{text!r} in the conversation")
+
+    # -- acting on it, with real X events
+
+    def xdo(self, *args: str) -> str:
+        result = subprocess.run(["xdotool", *args], env=self.env, capture_output=True,
+                                text=True, timeout=WAIT, check=True)
+        return result.stdout.strip()
+
+    def find_window(self, name: str) -> str:
+        """The id of the visible window whose title matches `name` (xdotool search)."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", name],
+                                   env=self.env, capture_output=True, text=True).stdout.split()
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no window named {name!r}")
+            time.sleep(0.05)
+
+    def find_window_of_class(self, name: str) -> str:
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = subprocess.run(["xdotool", "search", "--onlyvisible", "--class", name],
+                                   env=self.env, capture_output=True, text=True).stdout.split()
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no window of class {name!r}")
+            time.sleep(0.05)
+
+    def focus(self, window: str) -> None:
+        self.xdo("windowfocus", "--sync", window)
+
+    def click(self, box: list[int], *, repeat: int = 1) -> None:
+        x, y, width, height = box
+        self.xdo("mousemove", str(x + width // 2), str(y + height // 2),
+                 "click", "--repeat", str(repeat), "--delay", "60", "1")
+
+    def type(self, text: str) -> None:
+        self.xdo("type", "--delay", "8", text)
+
+    def key(self, *keys: str) -> None:
+        self.xdo("key", "--delay", "30", *keys)
+
+    def say(self, line: str) -> None:
+        """Click into the input box, type a line and press Enter."""
+        self.click(self.state()["boxes"]["input"])
+        self.type(line)
+        self.key("Return")
+
+    def exit_code(self, timeout: float = WAIT) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def launch(display: str, tmp_path: Path, key_pool: Any) -> Iterator[Callable[..., Gui]]:
+    """launch(*args, user="alice") -> a running GUI whose data dir already holds the
+    user's key (so no key is generated), with a probe file in tmp_path."""
+    guis: list[Gui] = []
+
+    def start(*args: str, user: str = "alice", key: int = 1, home: Path | None = None) -> Gui:
+        home = home or tmp_path / "gui-home"
+        make_identity(home, user, key_pool.get(key))
+        gui = Gui(display, home, tmp_path / f"probe-{len(guis)}.json", *args)
+        guis.append(gui)
+        gui.wait(lambda s: s["screen"] == "login", "the login window")
+        steady(gui, lambda s: s["login"]["boxes"]["connect"])
+        return gui
+
+    yield start
+    for gui in guis:
+        gui.stop()
+
+
+def log_in(gui: Gui) -> dict[str, Any]:
+    """Press Enter in the (prefilled) login window, as a returning user does."""
+    gui.focus(gui.find_window("Log in"))
+    gui.click(gui.state()["login"]["boxes"]["username"])
+    gui.key("Return")
+    return settled(gui)
+
+
+def settled(gui: Gui) -> dict[str, Any]:
+    """The main window once logged in and laid out (it grows from the login size)."""
+    gui.wait(lambda s: s["screen"] == "main" and "connected" in s["title"] and s["members"],
+             "the main window")
+    return steady(gui, lambda s: s["boxes"]["input"])
+
+
+def steady(gui: Gui, where: Callable[[dict[str, Any]], list[int]]) -> dict[str, Any]:
+    """The state once the widget box `where` picks is on screen and has not moved for a
+    few probe ticks, so a click lands where the widget really is."""
+    state = gui.wait(where, "a widget on screen")
+    box, since = where(state), time.monotonic()
+    while time.monotonic() - since < 0.4:
+        state = gui.wait(where, "a widget on screen")
+        if where(state) != box:
+            box, since = where(state), time.monotonic()
+        time.sleep(0.05)
+    return state
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+def test_login_says_what_went_wrong_then_retries_and_remembers(
+        launch: Callable[..., Gui], chat_server: Any) -> None:
+    host, port = chat_server.address
+    gui = launch()
+    login = gui.last["login"]
+    assert (login["username"], login["host"], login["port"]) == ("", "127.0.0.1", "5050")
+    gui.focus(gui.find_window("Log in"))
+
+    gui.click(login["boxes"]["username"])
+    gui.type("alice")
+    gui.key("Tab")  # Tab selects the next field's text, so typing replaces it
+    gui.type(host)
+    gui.key("Tab")
+    gui.type(str(free_port()))  # nothing listens there
+    gui.key("Return")
+    state = gui.wait(lambda s: s["login"]["error"], "a login error")
+    assert "Nothing is answering" in state["login"]["error"]
+    assert "Is the server running" in state["login"]["error"]
+
+    gui.click(state["login"]["boxes"]["port"], repeat=3)  # triple-click selects the field
+    gui.type(str(port))
+    gui.click(state["login"]["boxes"]["connect"])
+    state = settled(gui)
+    assert state["title"] == "alice in #common · connected — Gapshape"
+    assert f"Connected to {host}:{port} as alice." in state["conversation"]
+
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+    remembered = json.loads((gui.home / "gui-settings.json").read_text())
+    assert remembered == {"username": "alice", "host": host, "port": port}
+
+    again = launch()  # the next start offers the remembered values: Enter logs in
+    login = again.state()["login"]
+    assert (login["username"], login["host"], login["port"]) == ("alice", host, str(port))
+    log_in(again)
+
+
+def test_a_conversation_by_keyboard_and_mouse(launch: Callable[..., Gui], chat_server: Any,
+                                              client_factory: Any) -> None:
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    bob.say("before you came")
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    state = log_in(gui)
+    assert [m["name"] for m in state["members"]] == ["alice", "bob"]
+    assert "earlier in #common" in state["conversation"]
+    assert "before you came" in state["conversation"]
+
+    # A message typed in the window reaches the terminal client, and back.
+    mark = bob.recorder.mark()
+    gui.say("hello from the window, héllo ✓")
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomMessage)
+                          and e.text == "hello from the window, héllo ✓" and e.user == "alice",
+                          after=mark)
+    bob.say("hi alice 😀 \U0001d400")
+    state = gui.conversation_has("bob  hi alice [grinning face] \ufffd")
+    assert all(ord(ch) <= 0xFFFF for ch in state["conversation"])
+
+    # Tab completes a command and a name; Enter sends an encrypted private message.
+    gui.click(state["boxes"]["input"])
+    gui.type("/pri")
+    gui.key("Tab")
+    gui.type("b")
+    gui.key("Tab")
+    gui.wait(lambda s: s["input"] == "/privatemsg bob ", "Tab completion")
+    gui.type("for your eyes only")
+    gui.key("Return")
+    sent = bob.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing)
+    assert (sent.peer, sent.text) == ("alice", "for your eyes only")
+    state = gui.conversation_has("you → bob  for your eyes only")
+    assert state["conversation_images"] >= 1  # the lock
+
+    bob.send_private("alice", "got it")
+    gui.conversation_has("bob → you  got it")
+
+    # Up recalls the last line; Escape clears the box.
+    gui.key("Up")
+    gui.wait(lambda s: s["input"] == "/privatemsg bob for your eyes only", "history recall")
+    gui.key("Escape")
+    gui.wait(lambda s: s["input"] == "", "a cleared input box")
+
+    # Create a room from the sidebar, then go back to #common by clicking it.
+    mark = bob.recorder.mark()
+    gui.click(state["boxes"]["new_room"])
+    gui.type("design")
+    gui.key("Return")
+    state = gui.wait(lambda s: s["room"] == "#design" and s["title"].startswith("alice in #design"),
+                     "the new room")
+    assert [m["name"] for m in state["members"]] == ["alice"]
+    bob.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "alice", after=mark)
+    state = gui.wait(lambda s: any(r["name"] == "#common" and r["box"] for r in s["rooms"]),
+                     "#common in the sidebar")
+    common = next(r for r in state["rooms"] if r["name"] == "#common")
+    mark = bob.recorder.mark()
+    gui.click(common["box"])
+    state = gui.wait(lambda s: s["room"] == "#common" and len(s["members"]) == 2,
+                     "back in #common")
+    bob.recorder.wait_for(lambda e: isinstance(e, UserJoined) and e.user == "alice", after=mark)
+    assert "hello from the window" in state["conversation"]  # the room's transcript is kept
+    assert next(r for r in state["rooms"] if r["name"] == "#common")["count"] == "2"
+
+    # The status selector: open it with a click, pick "Away" with the keyboard.
+    mark = bob.recorder.mark()
+    gui.click(state["boxes"]["status"])
+    gui.find_window_of_class("ComboboxPopdown")  # the list is open: now use the keys
+    gui.key("Down", "Return")
+    bob.recorder.wait_for(lambda e: isinstance(e, StatusChanged) and e.user == "alice"
+                          and e.status == "away", after=mark)
+    gui.wait(lambda s: s["status"] == "Away" and s["members"][0]["status"] == "away",
+             "alice shown away")
+
+    # A private message while the window is not focused rings and marks the title.
+    root_window = gui.xdo("search", "--maxdepth", "0", "--name", "")
+    gui.focus(root_window)
+    gui.wait(lambda s: not s["focused"], "the window to lose focus")
+    bells = gui.state()["bells"]
+    bob.send_private("alice", "are you there?")
+    gui.wait(lambda s: s["bells"] == bells + 1 and s["title"].startswith("(1) alice in #common"),
+             "the bell and the title mark")
+    gui.focus(gui.find_window("alice in"))
+    gui.wait(lambda s: s["focused"] and s["title"].startswith("alice in"), "the mark cleared")
+
+    # /manual opens a window; Escape closes it.
+    gui.say("/manual")
+    manual = gui.find_window("Gapshape manual")
+    gui.wait(lambda s: s["manual"], "the manual window")
+    gui.focus(manual)
+    gui.key("Escape")
+    gui.wait(lambda s: not s["manual"], "the manual window to close")
+
+    # /quit says goodbye and closes the window.
+    mark = bob.recorder.mark()
+    gui.focus(gui.find_window("alice in"))
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+    left = bob.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "alice",
+                                 after=mark)
+    assert left.reason == "quit"
+
+
+def test_reconnects_with_backoff_and_restores_room_and_status(
+        launch: Callable[..., Gui], server_factory: Any, client_factory: Any) -> None:
+    first = server_factory()
+    host, port = first.address
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    state = log_in(gui)
+    gui.say("/join ops")
+    gui.say("/status away back soon")
+    gui.wait(lambda s: s["room"] == "#ops" and s["status"] == "Away", "#ops and away")
+
+    first.stop()
+    state = gui.wait(lambda s: "reconnecting" in s["title"] and s["connection_banner"],
+                     "the window to say the connection is lost")
+    assert "Connection lost" in state["connection_banner"]
+    assert "Connection lost" in state["conversation"]
+
+    second = server_factory(port=port)  # the server comes back on the same port
+    state = gui.wait(lambda s: s["title"] == "alice in #ops · connected — Gapshape"
+                     and s["status"] == "Away", "reconnected to #ops, still away", timeout=20)
+    assert not state["connection_banner"]
+    assert "Reconnected" in state["conversation"]
+    carol = client_factory(second, "carol", key=2)
+    carol.request("users")
+    users = carol.recorder.wait_for(UserList)
+    alice = next(u for u in users.users if u.user == "alice")
+    assert (alice.room, alice.status, alice.note) == ("#ops", "away", "back soon")
+
+    carol.join("#ops")
+    carol.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#ops")
+    gui.focus(gui.find_window("alice in"))
+    gui.key("ctrl+q")  # the same path as the window's close button
+    assert gui.exit_code() == 0
+    left = carol.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "alice")
+    assert left.reason == "quit"  # a goodbye, not a dropped connection
+
+
+def test_a_flood_of_hostile_text_neither_crashes_nor_freezes_the_window(
+        launch: Callable[..., Gui], server_factory: Any, client_factory: Any) -> None:
+    chat = server_factory(rate=0)
+    host, port = chat.address
+    bob = client_factory(chat, "bob", key=0)
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    nasty = ["emoji 😀👍🏽🇫🇷", "astral 𝄞𝐀𠀀", "nul \x00 inside", "rtl \u202eoverride",
+             "bell \x07 and escape \x1b[31m", "line\nbreak", "zwj 👩\u200d💻"]
+    for number in range(3000):
+        bob.say(f"{number} {nasty[number % len(nasty)]}")
+    bob.say("the last one")
+    state = gui.conversation_has("bob  the last one")
+    text = state["conversation"]
+    assert "2999 " in text and "[grinning face]" in text and "[flag FR]" in text
+    # The pump took the flood in bounded batches, and no tick kept the window busy long.
+    assert state["stats"]["max_batch"] <= 200
+    assert state["stats"]["longest_tick_ms"] < 1000, state["stats"]
+    assert all(ord(ch) <= 0xFFFF and ch not in "\x00\x07\x1b\u202e" for ch in text)
+    mark = bob.recorder.mark()
+    gui.say("still responsive")  # typing right after the flood is handled at once
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.text == "still responsive",
+                          after=mark)
+
+    # Scrolled up to read, the view stays put when messages arrive; at the bottom it follows.
+    box = state["boxes"]["conversation"]
+    gui.xdo("mousemove", str(box[0] + box[2] // 2), str(box[1] + box[3] // 2),
+            "click", "--repeat", "15", "--delay", "20", "4")  # the mouse wheel, upwards
+    state = gui.wait(lambda s: s["conversation_view"][1] < 0.99, "the view scrolled up")
+    bob.say("while you were reading")
+    later = gui.conversation_has("while you were reading")
+    assert later["conversation_view"][1] < 0.99
+    gui.xdo("click", "--repeat", "60", "--delay", "10", "5")  # and back down to the end
+    gui.wait(lambda s: s["conversation_view"][1] == 1.0, "the view back at the bottom")
+    bob.say("following again")
+    state = gui.conversation_has("following again")
+    assert state["conversation_view"][1] == 1.0
+
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+
+
+def test_a_changed_key_is_impossible_to_miss(launch: Callable[..., Gui], chat_server: Any,
+                                            client_factory: Any, key_pool: Any,
+                                            tmp_path: Path) -> None:
+    from conftest import Recorder
+
+    from client import ChatClient, LoginError
+
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    gui.say("/msg bob first contact pins your key")
+    bob.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing)
+
+    # bob "loses" his key; the operator releases the name; someone logs in with a new key.
+    bob.close()
+    chat_server.registry.forget("bob")
+    home = tmp_path / "new-bob"
+    impostor = ChatClient("bob", host, port, data_dir=home,
+                          ident=make_identity(home, "bob", key_pool.get(3)), on_event=Recorder())
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            impostor.connect()
+            break
+        except LoginError as exc:  # the old session may not have been reaped yet
+            if exc.code != "name_taken" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        bells = gui.state()["bells"]
+        impostor.send_private("alice", "it's me, really")
+        state = gui.wait(lambda s: s["warning_banner"], "the key warning banner")
+        assert "The key of bob has CHANGED" in state["warning_banner"]
+        assert "/trust bob" in state["warning_banner"]
+        state = gui.conversation_has("WARNING: bob's key has CHANGED")
+        assert "it's me, really" not in state["conversation"]
+        assert "rejected and not shown" in state["conversation"]
+        assert state["bells"] > bells
+
+        gui.say("/trust bob")
+        state = gui.wait(lambda s: not s["warning_banner"], "the banner to go after /trust")
+        assert "you now trust bob's new key" in state["conversation"]
+    finally:
+        impostor.close()
