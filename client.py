@@ -558,8 +558,10 @@ class ChatClient:
         with self._state_lock:
             key = self._peer_keys.get(user.casefold())
         assert key is not None
-        readable = auth.readable_fingerprint(auth.public_key_der(key))
-        return f"{user}'s key fingerprint: {readable} (compare it with {user} in person or by phone)"
+        theirs = auth.readable_fingerprint(auth.public_key_der(key))
+        mine = auth.readable_fingerprint(self.identity.public_der)
+        return (f"{user}'s key fingerprint: {theirs}; yours: {mine} (compare both with {user} "
+                "in person or by phone)")
 
     def trust(self, user: str) -> None:
         """Accept the key the server last offered for `user` (after a KeyWarning)."""
@@ -703,8 +705,9 @@ def describe(event: Event) -> str:
     if isinstance(event, UserList):
         return "online: " + ", ".join(f"{m.user} in {m.room} ({m.status})" for m in event.users)
     if isinstance(event, PrivateMessage):
-        arrow = f"you -> {event.peer}" if event.outgoing else f"{event.peer} -> you"
-        return f"[private, encrypted] {arrow}: {event.text}"
+        if event.outgoing:
+            return f"[private, encrypted] you -> {event.peer}: {event.text}"
+        return f"[private, encrypted, key verified] {event.peer} -> you: {event.text}"
     if isinstance(event, PrivateRejected):
         return f"!! rejected a private message from {event.peer}: {event.reason}"
     if isinstance(event, KeyWarning):

@@ -243,4 +243,8 @@ def test_fingerprints_are_readable_and_match_on_both_sides(chat_server, client_f
     assert len(own.split()) == 12 and all(len(g) == 5 and g.isdigit() for g in own.split())
     bob.execute("/fingerprint alice")
     seen_by_bob = bob.recorder.wait_for(Notice).text
-    assert own in seen_by_bob
+    assert f"alice's key fingerprint: {own}" in seen_by_bob
+    mark = bob.recorder.mark()
+    bob.execute("/fingerprint")
+    bobs_own = bob.recorder.wait_for(Notice, after=mark).text
+    assert f"yours: {bobs_own.split(': ', 1)[1]}" in seen_by_bob
