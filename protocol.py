@@ -143,7 +143,11 @@ class FrameDecoder:
         if end > len(self._buffer):
             return self._need_more(available)
         body = bytes(self._buffer[self._start + HEADER.size : end])
-        self._start = end
+        if end == len(self._buffer):  # all consumed: drop the buffer's capacity while idle
+            self._buffer = bytearray()
+            self._start = 0
+        else:
+            self._start = end
         return decode_body(body)
 
     def _need_more(self, available: int) -> None:

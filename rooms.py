@@ -13,6 +13,7 @@ before any live message of that room.
 """
 from __future__ import annotations
 
+import base64
 import re
 import threading
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class Member:
 
     name: str
     outbox: Outbox
-    public_key: str = ""
+    public_der: bytes = b""  # the registered key, shared with the registry's entry
     address: str = ""
     room: str = COMMON_ROOM
     status: str = "online"
@@ -156,13 +157,14 @@ class ChatState:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def login(self, name: str, outbox: Outbox, *, public_key: str = "", address: str = "") -> Member:
+    def login(self, name: str, outbox: Outbox, *, public_der: bytes = b"",
+              address: str = "") -> Member:
         """Register a user and put them in #common; raise NameTaken if the name is online."""
         validate_name(name)
         with self.lock:
             if name.casefold() in self._members:
                 raise NameTaken(f'the username "{name}" is already in use')
-            member = Member(name=name, outbox=outbox, public_key=public_key, address=address)
+            member = Member(name=name, outbox=outbox, public_der=public_der, address=address)
             self._members[member.key] = member
             now = self.clock()
             self.journal.append({"event": "connect", "time": now, "user": name, "address": address})
@@ -233,7 +235,7 @@ class ChatState:
             now = self.clock()
             data = encode_frame({"type": "private", "id": message_id, "from": sender.name,
                                  "to": recipient.name, "time": now, "envelope": envelope,
-                                 "from_key": sender.public_key})
+                                 "from_key": base64.b64encode(sender.public_der).decode()})
             self.journal.append({"event": "private", "time": now, "id": message_id,
                                  "from": sender.name, "to": recipient.name, "size": len(data)})
             recipient.outbox.push(data)

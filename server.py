@@ -24,6 +24,7 @@ import argparse
 import base64
 import binascii
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import secrets
@@ -131,7 +132,7 @@ class Connection:
         self.member: Member | None = None
         self.decoder = FrameDecoder(self.config.max_frame_size)
         self.bucket = TokenBucket(self.config.rate, self.config.burst)
-        self._refusals: collections.deque[float] = collections.deque(maxlen=max(1, self.config.burst))
+        self._refusals: collections.deque[float] | None = None  # made on the first refusal
         self._last_refusal_reported = 0.0
         self._pending_login: dict[str, Any] | None = None
         self._last_heard = time.monotonic()
@@ -148,8 +149,6 @@ class Connection:
         self._scheduled = False
         self._flushing = False
         self._closed = False
-        self._drained = threading.Event()  # set while nobody owns sending
-        self._drained.set()
         self._wait_readable = self._make_waiter()
 
     # -- outbox ---------------------------------------------------------------------------
@@ -180,7 +179,6 @@ class Connection:
             if self._flushing or not self._chunks:
                 return
             self._flushing = True
-            self._drained.clear()
         if not self.drain_owned():
             self.server.writer.watch(self)
 
@@ -194,7 +192,7 @@ class Connection:
                 if not self._chunks or self._closed:
                     self._chunks.clear()
                     self._flushing = False
-                    self._drained.set()
+                    self.server.announce_drained()
                     return True
                 data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
                 self._chunks.clear()
@@ -235,7 +233,7 @@ class Connection:
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until nothing queued is waiting for the socket (True) or `timeout` passes."""
-        return self._drained.wait(timeout)
+        return self.server.wait_for_drain(lambda: not self._flushing and not self._chunks, timeout)
 
     def _drain_before_close(self, timeout: float) -> None:
         """Give queued frames (an error, the goodbye) a moment to leave before closing."""
@@ -284,17 +282,22 @@ class Connection:
             if not self._has_buffered_tls() and not self._wait_readable(self._idle_timeout()):
                 self._on_idle()
                 continue
-            data = self._recv()
-            if data is None:
-                continue
-            self._last_heard = time.monotonic()
-            self._ping_sent_at = None
-            self.decoder.receive_data(data)
-            self._process_frames()
-            self.server.flush()
-            if not data:
+            if not self._receive():
                 self._close_reason = self._close_reason or "connection closed by client"
                 return
+
+    def _receive(self) -> bool:
+        """Read what is there and act on it; False at end of stream. (A method of its own so
+        that the received bytes are freed before the thread goes back to waiting.)"""
+        data = self._recv()
+        if data is None:
+            return True
+        self._last_heard = time.monotonic()
+        self._ping_sent_at = None
+        self.decoder.receive_data(data)
+        self._process_frames()
+        self.server.flush()
+        return bool(data)
 
     def _has_buffered_tls(self) -> bool:
         return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
@@ -409,6 +412,8 @@ class Connection:
         if self.bucket.take():
             return True
         now = time.monotonic()
+        if self._refusals is None:
+            self._refusals = collections.deque(maxlen=max(1, self.config.burst))
         self._refusals.append(now)
         if len(self._refusals) == self._refusals.maxlen and now - self._refusals[0] < 10:
             self._close("flooding: too many messages")
@@ -429,10 +434,6 @@ class Connection:
         if self.server.state.member(username) is not None:
             raise NameTaken(f'the username "{username}" is already in use')
         public_der = _b64decode(frame["public_key"], "public_key")
-        try:
-            auth.load_public_key(public_der)
-        except auth.AuthError as exc:
-            raise AuthFailed(f"unusable public key: {exc}") from None
         registered = self.server.registry.lookup(username)
         if registered is not None and registered.public_der != public_der:
             raise KeyMismatch(
@@ -440,8 +441,7 @@ class Connection:
                 "ask the server operator to remove the registration"
             )
         nonce = secrets.token_bytes(32)
-        self._pending_login = {"username": username, "public_der": public_der, "nonce": nonce,
-                               "public_key": frame["public_key"]}
+        self._pending_login = {"username": username, "public_der": public_der, "nonce": nonce}
         self.push(encode_frame({"type": "challenge", "version": PROTOCOL_VERSION,
                                 "nonce": base64.b64encode(nonce).decode(),
                                 "server_id": self.server.server_id}))
@@ -451,20 +451,21 @@ class Connection:
         if pending is None or self.member is not None:
             raise RequestError("send hello before auth")
         signature = _b64decode(frame["signature"], "signature")
-        try:
-            auth.verify_login(pending["public_der"], signature, pending["nonce"],
-                              pending["username"], self.server.server_id)
-        except auth.AuthError:
-            raise AuthFailed("the login signature does not match the key") from None
+        try:  # verify_login also refuses unusable keys (size, type, garbage)
+            self.server.crypto_pool.submit(
+                auth.verify_login, pending["public_der"], signature, pending["nonce"],
+                pending["username"], self.server.server_id).result()
+        except auth.AuthError as exc:
+            raise AuthFailed(f"the login was refused: {exc}") from None
         username = pending["username"]
         with self.server.registration_lock:  # two first logins with one name: one key wins
             registered = self.server.registry.lookup(username)
             if registered is None:
-                self.server.registry.register(username, pending["public_der"])
+                registered = self.server.registry.register(username, pending["public_der"])
                 log.info("registered the key of %s", username)
             elif registered.public_der != pending["public_der"]:
                 raise KeyMismatch(f'the username "{username}" is registered to another key')
-        self.member = self.server.state.login(username, self, public_key=pending["public_key"],
+        self.member = self.server.state.login(username, self, public_der=registered.public_der,
                                               address=self.peer)
         log.info("connect %s from %s", username, self.peer)
 
@@ -627,6 +628,13 @@ class ChatServer:
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._conn_lock = threading.Lock()
         self._conn_gone = threading.Condition(self._conn_lock)
+        # Closing connections wait for their outbox to empty. One condition for the whole
+        # server, touched only while someone waits, keeps an Event out of every connection.
+        self._drain_cond = threading.Condition()
+        self._drain_waiters = 0
+        # RSA work runs here, not on the connection threads: GMP's big-number scratch space
+        # lives on the stack, and a thread's stack pages stay resident for its whole life.
+        self.crypto_pool = concurrent.futures.ThreadPoolExecutor(2, "gapshape-crypto")
         self._stopped = threading.Event()
         self._listener = socket.create_server((config.host, config.port), backlog=1024)
         self._listener.settimeout(0.2)
@@ -699,6 +707,19 @@ class ChatServer:
                     del self._per_ip[conn.ip]
                 self._conn_gone.notify_all()
 
+    def announce_drained(self) -> None:
+        if self._drain_waiters:
+            with self._drain_cond:
+                self._drain_cond.notify_all()
+
+    def wait_for_drain(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._drain_cond:
+            self._drain_waiters += 1
+            try:
+                return self._drain_cond.wait_for(predicate, timeout)
+            finally:
+                self._drain_waiters -= 1
+
     def connection_count(self) -> int:
         with self._conn_lock:
             return len(self._connections)
@@ -728,6 +749,7 @@ class ChatServer:
         with self._conn_gone:
             self._conn_gone.wait_for(lambda: not self._connections, timeout=0.7)
         self.writer.stop()
+        self.crypto_pool.shutdown(wait=False)
         self.log.close()
         log.info("stopped")
         self._stopped.set()
