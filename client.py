@@ -36,7 +36,7 @@ import crypto
 import identity
 from commands import Command, CommandError, Say, manual_text, parse_line
 from errors import ProtocolError
-from protocol import PROTOCOL_VERSION, Frame, FrameDecoder, encode_frame
+from protocol import MAX_SERVER_FRAME_SIZE, PROTOCOL_VERSION, Frame, FrameDecoder, encode_frame
 
 log = logging.getLogger("gapshape.client")
 
@@ -238,7 +238,7 @@ class ChatClient:
         self.room = ""
         self.server_id = ""
         self._sock: socket.socket | None = None
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(MAX_SERVER_FRAME_SIZE)
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._reader: threading.Thread | None = None

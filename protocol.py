@@ -29,6 +29,9 @@ from errors import FrameTooLarge, ProtocolError, TruncatedFrame
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024
+# What a client accepts from the server: a `joined` frame carries ten messages of up to
+# 8,000 characters (up to 4 bytes each in UTF-8) and the room's member list.
+MAX_SERVER_FRAME_SIZE = 16 * 1024 * 1024
 MAX_NESTING = 32  # objects and arrays inside one another; real frames need 3
 HEADER = struct.Struct(">I")
 

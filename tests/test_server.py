@@ -177,6 +177,18 @@ def test_history_is_the_ten_latest_oldest_first_and_comes_before_live(chat_serve
     assert bob.recorder.events.index(snapshot) < bob.recorder.events.index(live)
 
 
+def test_history_of_long_messages_reaches_the_joining_client(chat_server, client_factory):
+    alice = client_factory(chat_server, "alice")
+    longest = ["€" * 8000, "😀" * 8000] * 5  # 10 messages, 240-320 KB of UTF-8 in all
+    for text in longest:
+        alice.say(text)
+    alice.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.id == 10)
+    bob = client_factory(chat_server, "bob")
+    snapshot = bob.recorder.wait_for(joined("#common"))
+    assert [m.text for m in snapshot.history] == longest
+    assert not bob.recorder.of_type(Disconnected)
+
+
 def test_history_survives_a_server_restart(server_factory, client_factory, tmp_path):
     first = server_factory(log_path=tmp_path / "log.json")
     alice = client_factory(first, "alice")
