@@ -79,7 +79,9 @@ def clean_text(text: str, limit: int, what: str) -> str:
 
 
 class Outbox(Protocol):
-    def push(self, data: bytes) -> None: ...
+    def push(self, data: bytes, urgent: bool = True) -> None:
+        """Queue `data`. A frame that is not `urgent` (arrivals and departures) may wait a
+        few tens of milliseconds, so that a burst of logins costs each member one send."""
 
 
 class Journal(Protocol):
@@ -261,18 +263,19 @@ class ChatState:
     def _send(self, member: Member, frame: dict[str, Any]) -> None:
         member.outbox.push(encode_frame(frame))
 
-    def _broadcast(self, room: str, frame: dict[str, Any], *, skip: Member | None = None) -> None:
+    def _broadcast(self, room: str, frame: dict[str, Any], *, skip: Member | None = None,
+                   urgent: bool = True) -> None:
         data = encode_frame(frame)
         for member in self._rooms.get(room, ()):
             if member is not skip:
-                member.outbox.push(data)
+                member.outbox.push(data, urgent)
 
     def _enter(self, member: Member, room: str, now: str) -> None:
         members = self._rooms.setdefault(room, {})
         arriving = member not in members
         if arriving:
             self._broadcast(room, {"type": "user_joined", "room": room, **member.summary(),
-                                   "time": now})
+                                   "time": now}, urgent=False)
             members[member] = None
             member.room = room
             self.journal.append({"event": "join", "time": now, "user": member.name, "room": room})
@@ -291,5 +294,5 @@ class ChatState:
             del self._rooms[room]
         self.journal.append({"event": "leave", "time": now, "user": member.name, "room": room})
         self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
-                               "reason": reason, "time": now})
+                               "reason": reason, "time": now}, urgent=False)
 

@@ -146,15 +146,19 @@ class Connection:
         self._io_lock = threading.Lock()
         self._chunks: list[bytes] = []
         self._queued = 0
-        self._scheduled = False
+        self._scheduled = False  # in the server's dirty queue
+        self._lazy = False  # in the writer's presence queue
         self._flushing = False
         self._closed = False
         self._wait_readable = self._make_waiter()
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def push(self, data: bytes) -> None:
-        """Queue bytes for this client; never blocks, never touches the socket."""
+    def push(self, data: bytes, urgent: bool = True) -> None:
+        """Queue bytes for this client; never blocks, never touches the socket.
+
+        Urgent bytes go out at the next flush; others (presence) wait for the writer's next
+        presence tick, unless something urgent takes them along first."""
         with self._out_lock:
             if self._closed:
                 return
@@ -165,12 +169,24 @@ class Connection:
                 self._closed = True
                 self._chunks.clear()
             schedule = not overflow and not self._scheduled
-            if schedule:
+            if schedule and urgent:
                 self._scheduled = True
+            elif schedule and not self._lazy:
+                self._lazy = True
+            else:
+                schedule = False
         if overflow:
             self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent")
         elif schedule:
-            self.server.dirty.append(self)
+            if urgent:
+                self.server.dirty.append(self)
+            else:
+                self.server.writer.send_later(self)
+
+    def release_lazy(self) -> None:
+        """The writer took this connection off its presence queue."""
+        with self._out_lock:
+            self._lazy = False
 
     def flush(self) -> None:
         """Send what is queued without blocking; leave the rest to the writer thread."""
@@ -544,8 +560,15 @@ _HANDLERS: dict[str, Callable[[Connection, Frame], None]] = {
 }
 
 
+PRESENCE_DELAY = 0.05  # seconds arrivals and departures may wait to share a send
+
+
 class Writer:
-    """One thread for all connections whose socket was full: sends when it is writable."""
+    """One thread for all connections whose socket was full: sends when it is writable.
+
+    It also sends presence (arrivals, departures) every PRESENCE_DELAY: when a hundred
+    people log in within that time, each member gets their hundred `user_joined` frames in
+    one send instead of a hundred."""
 
     def __init__(self, server: ChatServer) -> None:
         self.server = server
@@ -556,12 +579,21 @@ class Writer:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._running = True
+        self._later: collections.deque[Connection] = collections.deque()
+        self._presence_due: float | None = None
         self.thread = threading.Thread(target=self._run, name="gapshape-writer", daemon=True)
 
     def watch(self, conn: Connection) -> None:
         """Take over sending for `conn`, which owns `_flushing` and has bytes left."""
         self._incoming.append(conn)
         self._wake()
+
+    def send_later(self, conn: Connection) -> None:
+        """Send `conn`'s queue at the next presence tick."""
+        first = not self._later
+        self._later.append(conn)
+        if first:
+            self._wake()
 
     def stop(self) -> None:
         self._running = False
@@ -577,12 +609,30 @@ class Writer:
         while self._running:
             self._register_incoming()
             try:
-                self._send_ready()
+                self._send_ready(self._next_timeout())
+                self._send_presence()
             except Exception:  # e.g. the log's disk is full: keep the writer alive, say so
                 log.exception("the writer thread hit an error; going on")
 
-    def _send_ready(self) -> None:
-        for key, _ in self._selector.select(timeout=1.0):
+    def _next_timeout(self) -> float:
+        if not self._later:
+            return 1.0
+        now = time.monotonic()
+        if self._presence_due is None:
+            self._presence_due = now + PRESENCE_DELAY
+        return max(0.0, self._presence_due - now)
+
+    def _send_presence(self) -> None:
+        if self._presence_due is None or time.monotonic() < self._presence_due:
+            return
+        self._presence_due = None
+        for _ in range(len(self._later)):  # those queued meanwhile wait for the next tick
+            conn = self._later.popleft()
+            conn.release_lazy()
+            conn.flush()
+
+    def _send_ready(self, timeout: float) -> None:
+        for key, _ in self._selector.select(timeout=timeout):
             if key.data is None:
                 self._drain_wakeups()
                 continue
