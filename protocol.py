@@ -111,6 +111,8 @@ def _nesting_exceeds(value: Any, limit: int) -> bool:
 class FrameDecoder:
     """Reassembles frames from a byte stream fed in arbitrary chunks."""
 
+    __slots__ = ("max_frame_size", "_buffer", "_start", "_eof")
+
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()

@@ -93,7 +93,7 @@ class Journal(Protocol):
     def rooms(self) -> list[str]: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     """One logged-in user. Identity is the object: a name can log in again later."""
 

@@ -20,10 +20,12 @@ connection's io lock: OpenSSL objects must not be used by two threads at once.
 """
 from __future__ import annotations
 
+import _thread
 import argparse
 import base64
 import binascii
 import collections
+import contextlib
 import concurrent.futures
 import hashlib
 import logging
@@ -70,6 +72,7 @@ log = logging.getLogger("gapshape.server")
 
 RECV_SIZE = 65536
 THREAD_STACK_SIZE = 512 * 1024  # readers recurse little; small stacks let 10,000 fit
+_NO_LOCK = contextlib.nullcontext()  # plain sockets are safe to send and receive at once
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -99,6 +102,8 @@ class ServerConfig:
 class TokenBucket:
     """Flood control: `rate` tokens a second, at most `burst` saved up."""
 
+    __slots__ = ("rate", "burst", "clock", "tokens", "stamp")
+
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock
         self.tokens = float(burst)
@@ -123,6 +128,14 @@ class ConnectionGone(Exception):
 class Connection:
     """One client: its socket, its reader thread, its outbox, and its request handlers."""
 
+    # Ten thousand of these live at once: slots keep each one small.
+    __slots__ = (
+        "server", "config", "sock", "peer", "ip", "member", "decoder", "bucket", "thread_ident",
+        "_refusals", "_last_refusal_reported", "_pending_login", "_last_heard",
+        "_login_deadline", "_ping_sent_at", "_close_reason", "_stop", "_out_lock", "_io_lock",
+        "_chunks", "_queued", "_scheduled", "_lazy", "_flushing", "_closed", "_poller",
+    )
+
     def __init__(self, server: ChatServer, sock: socket.socket, address: tuple[str, int]) -> None:
         self.server = server
         self.config = server.config
@@ -130,6 +143,7 @@ class Connection:
         self.peer = f"{address[0]}:{address[1]}"
         self.ip = address[0]
         self.member: Member | None = None
+        self.thread_ident: int | None = None  # of the reader thread, once it runs
         self.decoder = FrameDecoder(self.config.max_frame_size)
         self.bucket = TokenBucket(self.config.rate, self.config.burst)
         self._refusals: collections.deque[float] | None = None  # made on the first refusal
@@ -143,14 +157,14 @@ class Connection:
         # Outbox state, guarded by _out_lock. `_flushing` marks the one thread (a flusher or
         # the writer) that owns sending, so frames never go out of order.
         self._out_lock = threading.Lock()
-        self._io_lock = threading.Lock()
+        self._io_lock: Any = _NO_LOCK  # a real lock once TLS is on (see _start_tls)
         self._chunks: list[bytes] = []
         self._queued = 0
         self._scheduled = False  # in the server's dirty queue
         self._lazy = False  # in the writer's presence queue
         self._flushing = False
         self._closed = False
-        self._wait_readable = self._make_waiter()
+        self._poller: Any = None  # made by the reader thread, for the socket it ends up with
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -260,6 +274,7 @@ class Connection:
     # -- reader thread --------------------------------------------------------------------
 
     def run(self) -> None:
+        self.thread_ident = threading.get_ident()
         try:
             self._start_tls()
             self._read_loop()
@@ -275,20 +290,20 @@ class Connection:
         context = self.server.tls_context
         if context is not None:
             self.sock.settimeout(self.config.login_timeout)
+            self._io_lock = threading.Lock()
             try:
                 self.sock = context.wrap_socket(self.sock, server_side=True)
             except (ssl.SSLError, OSError) as exc:
                 raise ConnectionGone(f"TLS handshake failed: {exc}") from None
         self.sock.setblocking(False)
-        self._wait_readable = self._make_waiter()
+        if hasattr(select, "poll"):  # poll has no descriptor limit; Windows has only select
+            self._poller = select.poll()
+            self._poller.register(self.sock, select.POLLIN)
 
-    def _make_waiter(self) -> Callable[[float], bool]:
-        sock = self.sock
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return lambda timeout: bool(poller.poll(max(0.0, timeout) * 1000))
-        return lambda timeout: bool(select.select([sock], [], [], max(0.0, timeout))[0])
+    def _wait_readable(self, timeout: float) -> bool:
+        if self._poller is not None:
+            return bool(self._poller.poll(max(0.0, timeout) * 1000))
+        return bool(select.select([self.sock], [], [], max(0.0, timeout))[0])
 
     def _read_loop(self) -> None:
         while not self._stop:
@@ -740,9 +755,10 @@ class ChatServer:
             log.info("refused %s:%s: %s", ip, address[1], refusal)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        thread = threading.Thread(target=conn.run, name=f"conn-{conn.peer}", daemon=True)
         try:
-            thread.start()
+            # A bare thread, not a threading.Thread: the object, its Event and its entry in
+            # threading's tables cost about 2 KiB a client (see docs/PERFORMANCE.md).
+            _thread.start_new_thread(conn.run, ())
         except RuntimeError:  # cannot start a thread: out of resources
             log.warning("cannot start a thread for %s; refusing it", conn.peer)
             self.forget(conn)
@@ -894,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
     )
+    # Thread names are not in our format, and asking for one on a bare connection thread
+    # would make threading keep a dummy Thread object for it.
+    logging.logThreads = False
     config = config_from_args(args)
     if args.forget_user:
         removed = KeyRegistry(config.registry).forget(args.forget_user)

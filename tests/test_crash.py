@@ -235,8 +235,10 @@ def test_no_client_receives_a_message_before_it_is_in_the_log(
     chat = server_factory(rate=0)
     alice = client_factory(chat, "alice")
     bob = client_factory(chat, "bob")
-    # Reader threads are named after the client's address as the server sees it.
-    reader_of = {c.username: "conn-%s:%d" % c._sock.getsockname()[:2] for c in (alice, bob)}
+    # Each client's reader thread on the server, found by the client's address.
+    peers = {"%s:%d" % c._sock.getsockname()[:2]: c.username for c in (alice, bob)}
+    reader_of = {peers[conn.peer]: conn.thread_ident
+                 for conn in list(chat._connections) if conn.peer in peers}
     real_write_pending = chat.log.write_pending
     alice_holding, release_alice, bob_between = (threading.Event() for _ in range(3))
     pause_bob = [False]  # armed by bob's "list" request, so no earlier flush of his is caught
@@ -247,7 +249,7 @@ def test_no_client_receives_a_message_before_it_is_in_the_log(
         pause_bob[0] = True
 
     def gated_write_pending() -> None:
-        me = threading.current_thread().name
+        me = threading.get_ident()
         if me == reader_of["alice"]:
             alice_holding.set()
             release_alice.wait(WAIT)  # alice's message stays unwritten while we look
