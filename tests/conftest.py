@@ -35,6 +35,22 @@ def key_pool() -> KeyPool:
     return _POOL
 
 
+# Private keys of three people, for tests of the cryptography itself.
+@pytest.fixture(scope="session")
+def alice(key_pool: KeyPool) -> RSA.RsaKey:
+    return key_pool.get(0)
+
+
+@pytest.fixture(scope="session")
+def bob(key_pool: KeyPool) -> RSA.RsaKey:
+    return key_pool.get(1)
+
+
+@pytest.fixture(scope="session")
+def carol(key_pool: KeyPool) -> RSA.RsaKey:
+    return key_pool.get(2)
+
+
 # -- a live server and clients over real sockets --------------------------------------------
 
 import itertools  # noqa: E402

@@ -22,16 +22,6 @@ SERVER = "chat.example.org:7000"
 
 
 @pytest.fixture(scope="module")
-def alice(key_pool):
-    return key_pool.get(0)
-
-
-@pytest.fixture(scope="module")
-def bob(key_pool):
-    return key_pool.get(1)
-
-
-@pytest.fixture(scope="module")
 def alice_der(alice) -> bytes:
     return public_key_der(alice)
 

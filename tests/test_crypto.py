@@ -49,21 +49,6 @@ class CounterRandom:
 
 
 @pytest.fixture(scope="module")
-def alice(key_pool):
-    return key_pool.get(0)
-
-
-@pytest.fixture(scope="module")
-def bob(key_pool):
-    return key_pool.get(1)
-
-
-@pytest.fixture(scope="module")
-def carol(key_pool):
-    return key_pool.get(2)
-
-
-@pytest.fixture(scope="module")
 def envelope(alice, bob) -> Envelope:
     return seal(PLAINTEXT, sender="Alice", recipient="Bob",
                 sender_private_key=alice, recipient_public_key=bob.publickey())
