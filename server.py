@@ -71,7 +71,10 @@ from rooms import ChatState, Member, validate_name
 
 log = logging.getLogger("gapshape.server")
 
-RECV_SIZE = 65536
+# recv() allocates its whole size first: small while a client is quiet, growing while it
+# sends a lot. Ten thousand threads each allocating 64 KiB per read fragment the heap.
+MIN_RECV_SIZE = 4096
+MAX_RECV_SIZE = 65536
 THREAD_STACK_SIZE = 512 * 1024  # readers recurse little; small stacks let 10,000 fit
 _NO_LOCK = contextlib.nullcontext()  # plain sockets are safe to send and receive at once
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -134,7 +137,7 @@ class Connection:
         "server", "config", "sock", "peer", "ip", "member", "decoder", "bucket", "thread_ident",
         "_refusals", "_last_refusal_reported", "_pending_login", "_last_heard",
         "_login_deadline", "_ping_sent_at", "_close_reason", "_stop", "_out_lock", "_io_lock",
-        "_chunks", "_queued", "_scheduled", "_lazy", "_flushing", "_closed", "_poller",
+        "_chunks", "_queued", "_scheduled", "_lazy", "_flushing", "_closed", "_poller", "_recv_size",
     )
 
     def __init__(self, server: ChatServer, sock: socket.socket, address: tuple[str, int]) -> None:
@@ -166,6 +169,7 @@ class Connection:
         self._flushing = False
         self._closed = False
         self._poller: Any = None  # made by the reader thread, for the socket it ends up with
+        self._recv_size = MIN_RECV_SIZE
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -337,11 +341,16 @@ class Connection:
     def _recv(self) -> bytes | None:
         try:
             with self._io_lock:
-                return self.sock.recv(RECV_SIZE)
+                data = self.sock.recv(self._recv_size)
         except _WOULD_BLOCK:
             return None
         except OSError as exc:
             raise ConnectionGone(f"receive failed: {exc.strerror or exc}") from None
+        if len(data) == self._recv_size:
+            self._recv_size = min(self._recv_size * 2, MAX_RECV_SIZE)
+        elif len(data) * 4 < self._recv_size:
+            self._recv_size = max(self._recv_size // 2, MIN_RECV_SIZE)
+        return data
 
     def _process_frames(self) -> None:
         while not self._stop:
