@@ -360,6 +360,12 @@ class MessageLog:
         lines already written (group commit). No fsync. Raises OSError if the write
         fails; the lines stay queued for the next call.
         """
+        # Lock-free fast path, the common case right before every send: both counters only
+        # grow, and a line appended before our caller pushed its frame is counted in
+        # `_appended` by now (the caller's locks order it), so "written >= appended" read
+        # without the lock can only err towards taking the slow path.
+        if self._written >= self._appended:
+            return
         with self._state_lock:
             target = self._appended
             if self._written >= target:

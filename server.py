@@ -247,6 +247,11 @@ class Connection:
                 if sent < len(data):
                     self._chunks.insert(0, data[sent:])
                     return False
+                if not self._chunks:  # the common case: all sent, nothing new; let go
+                    self._flushing = False
+                    break
+        self.server.announce_drained()
+        return True
 
     def _send_some(self, data: bytes) -> int:
         try:
