@@ -76,6 +76,12 @@ log = logging.getLogger("gapshape.server")
 MIN_RECV_SIZE = 4096
 MAX_RECV_SIZE = 65536
 THREAD_STACK_SIZE = 512 * 1024  # readers recurse little; small stacks let 10,000 fit
+class _Routing(threading.local):
+    lone_frame = False  # set by a reader thread while it handles a frame that came alone
+
+
+_routing = _Routing()
+_ABORT, _SEND_NOW, _SCHEDULE, _SEND_LATER = "abort", "send now", "schedule", "send later"
 _NO_LOCK = contextlib.nullcontext()  # plain sockets are safe to send and receive at once
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -174,33 +180,43 @@ class Connection:
     # -- outbox ---------------------------------------------------------------------------
 
     def push(self, data: bytes, urgent: bool = True) -> None:
-        """Queue bytes for this client; never blocks, never touches the socket.
+        """Queue bytes for this client; never blocks.
 
-        Urgent bytes go out at the next flush; others (presence) wait for the writer's next
-        presence tick, unless something urgent takes them along first."""
+        Urgent bytes go out at the next flush, or at once when the routing thread handles a
+        lone frame (nothing else waiting to be read: no batch to gather) and this outbox is
+        idle; a send that does not fit is left to the writer. Others (presence) wait for
+        the writer's next presence tick, unless something urgent takes them along first."""
         with self._out_lock:
             if self._closed:
                 return
+            idle = not self._chunks and not self._flushing
             self._chunks.append(data)
             self._queued += len(data)
-            overflow = self._queued > self.config.outbox_limit
-            if overflow:  # drop it all now: a client that does not read gets nothing more
+            if self._queued > self.config.outbox_limit:
+                # Drop it all now: a client that does not read gets nothing more.
                 self._closed = True
                 self._chunks.clear()
-            schedule = not overflow and not self._scheduled
-            if schedule and urgent:
+                action = _ABORT
+            elif urgent and idle and _routing.lone_frame:
+                self._flushing = True
+                action = _SEND_NOW
+            elif self._scheduled or (not urgent and self._lazy):
+                action = None
+            elif urgent:
                 self._scheduled = True
-            elif schedule and not self._lazy:
+                action = _SCHEDULE
+            else:
                 self._lazy = True
-            else:
-                schedule = False
-        if overflow:
+                action = _SEND_LATER
+        if action is _SEND_NOW:
+            if not self.drain_owned():
+                self.server.writer.watch(self)
+        elif action is _SCHEDULE:
+            self.server.dirty.append(self)
+        elif action is _SEND_LATER:
+            self.server.writer.send_later(self)
+        elif action is _ABORT:
             self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent")
-        elif schedule:
-            if urgent:
-                self.server.dirty.append(self)
-            else:
-                self.server.writer.send_later(self)
 
     def release_lazy(self) -> None:
         """The writer took this connection off its presence queue."""
@@ -366,10 +382,15 @@ class Connection:
                 continue
             if frame is None:
                 return
+            # A lone frame is routed with direct sends (lowest latency); a batch is queued
+            # and flushed together, one send per client for the whole batch (throughput).
+            _routing.lone_frame = self.decoder.buffered == 0
             try:
                 self._dispatch(frame)
             except GapshapeError as error:
                 self._report(error, frame)
+            finally:
+                _routing.lone_frame = False
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()

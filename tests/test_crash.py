@@ -20,6 +20,7 @@ import pytest
 
 from client import Disconnected, MemberList, RoomJoined, RoomMessage
 from hostile_net import WAIT, PeerClosed, RawPeer, ServerProcess
+from protocol import encode_frame
 
 pytestmark = pytest.mark.timeout(90)
 posix_signals = pytest.mark.skipif(sys.platform == "win32",
@@ -226,6 +227,12 @@ def test_sigterm_under_load_says_bye_exits_in_2s_and_keeps_every_acknowledged_me
     assert Path(str(log) + ".checkpoint").exists(), "a clean stop writes a checkpoint"
 
 
+def send_batch(client: Any, frame: dict[str, Any]) -> None:
+    """`frame` and a ping in one write: the server reads them in one go."""
+    with client._send_lock:
+        client._sock.sendall(encode_frame(frame) + encode_frame({"type": "ping"}))
+
+
 def test_no_client_receives_a_message_before_it_is_in_the_log(
     server_factory: Any, client_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,9 +269,12 @@ def test_no_client_receives_a_message_before_it_is_in_the_log(
     monkeypatch.setattr(chat.state, "list_room", arming_list_room)
     monkeypatch.setattr(chat.log, "write_pending", gated_write_pending)
     try:
-        bob.request("list")
+        # Each request travels with a ping in one write, so the server routes it as part of
+        # a batch: queued, then flushed after the batch, the path where this race lived.
+        # (A frame that arrives alone is sent at once by the routing thread instead.)
+        send_batch(bob, {"type": "list"})
         assert bob_between.wait(WAIT)
-        alice.say("HOLD")
+        send_batch(alice, {"type": "message", "text": "HOLD"})
         assert alice_holding.wait(WAIT)
         bob.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.text == "HOLD")
         logged = [json.loads(line) for line in chat.config.log_path.read_bytes().splitlines()]
