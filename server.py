@@ -6,10 +6,16 @@ How bytes move:
 - Each connection's reader thread waits for input, decodes frames (protocol.FrameDecoder),
   and hands each to a handler, which calls into the state (rooms.ChatState).
 - The state pushes encoded frames into the recipients' outboxes (`Connection.push`): a
-  bounded list of byte strings. Pushing never touches a socket.
-- After a batch of input, the reader calls `ChatServer.flush()`: every outbox with data is
-  sent with one non-blocking `send` of all its frames joined. Right before any send the
-  message log writes everything pending, so whatever a client receives is in the log.
+  bounded list of byte strings.
+- A frame that arrived alone (nothing else waiting to be read) is sent at once into every
+  idle outbox's socket with a non-blocking `send`: the lowest latency at low load.
+- Frames that arrived together are queued, and after the batch the reader calls
+  `ChatServer.flush()`: every outbox with data goes out with one non-blocking `send` of all
+  its frames joined, so under load a send carries many frames.
+- Right before any send the message log writes everything pending, so whatever a client
+  receives is in the log (`Connection.drain_owned`, the one place bytes leave).
+- Arrivals and departures (presence) wait up to 50 ms in the writer, so a burst of logins
+  costs each member one send.
 - What a socket does not accept at once waits in its outbox, and the shared `Writer`
   thread sends it when the socket becomes writable. No thread ever blocks on another
   client's socket, and an outbox over its byte limit disconnects that (slow) client only.
