@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from auth import key_fingerprint, load_public_key
 
@@ -188,26 +188,29 @@ def _load(path: Path) -> dict[str, RegisteredKey]:
             change = json.loads(line)
         except ValueError:
             raise _corrupt(path, f"line {number} is not valid JSON") from None
-        _replay(entries, change, lambda reason: _corrupt(path, f"line {number}: {reason}"))
+        try:
+            _replay(entries, change)
+        except ValueError as exc:
+            raise _corrupt(path, f"line {number}: {exc}") from None
     return entries
 
 
-def _replay(entries: dict[str, RegisteredKey], change: object,
-            damaged: Callable[[str], KeyRegistryError]) -> None:
+def _replay(entries: dict[str, RegisteredKey], change: object) -> None:
+    """Apply one change to `entries`; ValueError says why it cannot be applied."""
     if not isinstance(change, dict) or change.get("op") not in ("register", "forget"):
-        raise damaged("unknown change")
+        raise ValueError("unknown change")
     username = change.get("username")
     if not isinstance(username, str) or not username:
-        raise damaged("no username")
+        raise ValueError("no username")
     folded = username.casefold()
     if change["op"] == "forget":
         entries.pop(folded, None)
         return
     entry = _entry_from_json(change)
     if entry is None:
-        raise damaged(f"bad entry for {username!r}")
+        raise ValueError(f"bad entry for {username!r}")
     if folded in entries and entries[folded].fingerprint != entry.fingerprint:
-        raise damaged(f"{username!r} registered twice without being forgotten")
+        raise ValueError(f"{username!r} registered twice without being forgotten")
     entries[folded] = entry
 
 

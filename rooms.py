@@ -132,13 +132,6 @@ class ChatState:
         with self.lock:
             return self._members.get(name.casefold())
 
-    def online_count(self) -> int:
-        return len(self._members)
-
-    def members_of(self, room: str) -> list[Member]:
-        with self.lock:
-            return list(self._rooms.get(room, ()))
-
     def list_room(self, member: Member) -> None:
         with self.lock:
             self._send(member, {"type": "members", "room": member.room,

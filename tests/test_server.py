@@ -361,7 +361,8 @@ def test_silent_peer_is_pinged_then_dropped_while_answering_clients_stay(
         raw = RawClient(server.address)
         raw.login(f"mute{n}", key_pool.get(5))
         assert raw.expect("ping")["type"] == "ping"  # ...and never answered
-        left = alice.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == f"mute{n}")
+        left = alice.recorder.wait_for(
+            lambda e, name=f"mute{n}": isinstance(e, UserLeft) and e.user == name)
         assert left.reason == "no answer to ping"
         raw.close()
     alice.say("still there, bob?")
