@@ -31,7 +31,6 @@ import argparse
 import base64
 import binascii
 import collections
-import contextlib
 import concurrent.futures
 import hashlib
 import logging
@@ -88,7 +87,6 @@ class _Routing(threading.local):
 
 _routing = _Routing()
 _ABORT, _SEND_NOW, _SCHEDULE, _SEND_LATER = "abort", "send now", "schedule", "send later"
-_NO_LOCK = contextlib.nullcontext()  # plain sockets are safe to send and receive at once
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -173,7 +171,9 @@ class Connection:
         # Outbox state, guarded by _out_lock. `_flushing` marks the one thread (a flusher or
         # the writer) that owns sending, so frames never go out of order.
         self._out_lock = threading.Lock()
-        self._io_lock: Any = _NO_LOCK  # a real lock once TLS is on (see _start_tls)
+        # Plain sockets are safe to send and receive on at once; TLS ones are not, and get a
+        # lock in _start_tls.
+        self._io_lock: threading.Lock | None = None
         self._chunks: list[bytes] = []
         self._queued = 0
         self._scheduled = False  # in the server's dirty queue
@@ -277,6 +277,8 @@ class Connection:
 
     def _send_some(self, data: bytes) -> int:
         try:
+            if self._io_lock is None:
+                return self.sock.send(data)
             with self._io_lock:
                 return self.sock.send(data)
         except _WOULD_BLOCK:
@@ -367,8 +369,11 @@ class Connection:
 
     def _recv(self) -> bytes | None:
         try:
-            with self._io_lock:
+            if self._io_lock is None:
                 data = self.sock.recv(self._recv_size)
+            else:
+                with self._io_lock:
+                    data = self.sock.recv(self._recv_size)
         except _WOULD_BLOCK:
             return None
         except OSError as exc:
