@@ -141,25 +141,21 @@ class Gui:
 
     def find_window(self, name: str) -> str:
         """The id of the visible window whose title matches `name` (xdotool search)."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", name],
-                                   env=self.env, capture_output=True, text=True).stdout.split()
-            if found:
-                return found[-1]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no window named {name!r}")
-            time.sleep(0.05)
+        return self._search("--name", name)
 
     def find_window_of_class(self, name: str) -> str:
+        return self._search("--class", name)
+
+    def _search(self, option: str, value: str) -> str:
+        """Ask xdotool until a visible window matches (X has no event to wait on here)."""
         deadline = time.monotonic() + WAIT
         while True:
-            found = subprocess.run(["xdotool", "search", "--onlyvisible", "--class", name],
+            found = subprocess.run(["xdotool", "search", "--onlyvisible", option, value],
                                    env=self.env, capture_output=True, text=True).stdout.split()
             if found:
                 return found[-1]
             if time.monotonic() > deadline:
-                raise AssertionError(f"no window of class {name!r}")
+                raise AssertionError(f"no window with {option} {value!r}")
             time.sleep(0.05)
 
     def focus(self, window: str) -> None:
