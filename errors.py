@@ -3,7 +3,7 @@
 Every failure a peer can cause is one of these classes. Each carries a stable `code` (what a
 program matches on) and a message written for the person at the other end (what a client
 shows). The server converts them to an `error` frame in exactly one place
-(`server.Connection._report`); anything else escaping a handler is a bug, logged as such.
+(`session.Session._report`); anything else escaping a handler is a bug, logged as such.
 
 `fatal` says whether the connection can go on: after a bad frame body the stream is still in
 step, so the peer is told and carries on; after a bad length header it is not, so the peer

@@ -1,0 +1,482 @@
+"""How bytes move between the server and its clients: sockets, TLS, outboxes, the writer.
+
+`Connection` is one client's transport: its socket (plain or TLS), its reader thread, and
+its outbox. It knows nothing of chat: every complete frame goes to its `session.Session`,
+which holds the login and the request handlers. `Writer` is the one thread shared by all
+connections whose socket was full.
+
+- Each connection's reader thread waits for input, decodes frames (protocol.FrameDecoder),
+  and hands each to its session, which calls into the state (rooms.ChatState).
+- The state pushes encoded frames into the recipients' outboxes (`Connection.push`): a
+  bounded list of byte strings.
+- A frame that arrived alone (nothing else waiting to be read) is sent at once into every
+  idle outbox's socket with a non-blocking `send`: the lowest latency at low load.
+- Frames that arrived together are queued, and after the batch the reader calls
+  `ChatServer.flush()`: every outbox with data goes out with one non-blocking `send` of all
+  its frames joined, so under load a send carries many frames.
+- Right before any send the message log writes everything pending, so whatever a client
+  receives is in the log (`Connection.drain_owned`, the one place bytes leave).
+- Arrivals and departures (presence) wait up to 50 ms in the writer, so a burst of logins
+  costs each member one send.
+- What a socket does not accept at once waits in its outbox, and the shared `Writer`
+  thread sends it when the socket becomes writable. No thread ever blocks on another
+  client's socket, and an outbox over its byte limit disconnects that (slow) client only.
+
+Sockets are non-blocking; readers wait with poll() (select() where poll is missing).
+A TLS socket is used by its reader and by flushers, so every call on it holds the
+connection's io lock: OpenSSL objects must not be used by two threads at once.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import select
+import selectors
+import socket
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from errors import ProtocolError
+from protocol import FrameDecoder, encode_frame
+from session import Session
+
+if TYPE_CHECKING:
+    from server import ChatServer
+
+log = logging.getLogger("gapshape.server")
+
+# recv() allocates its whole size first: small while a client is quiet, growing while it
+# sends a lot. Ten thousand threads each allocating 64 KiB per read fragment the heap.
+MIN_RECV_SIZE = 4096
+MAX_RECV_SIZE = 65536
+PRESENCE_DELAY = 0.05  # seconds arrivals and departures may wait to share a send
+
+
+class _Routing(threading.local):
+    lone_frame = False  # set by a reader thread while it handles a frame that came alone
+
+
+_routing = _Routing()
+_ABORT, _SEND_NOW, _SCHEDULE, _SEND_LATER = "abort", "send now", "schedule", "send later"
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class ConnectionGone(Exception):
+    """The peer's socket failed; the connection is being torn down."""
+
+
+class Connection:
+    """One client's transport: its socket, its reader thread and its outbox.
+
+    What the frames mean is its `session`'s business; the connection only guarantees that
+    they are read in order, that replies leave without blocking anyone, and that the
+    session hears of the end exactly once (`Session.finish`)."""
+
+    # Ten thousand of these live at once: slots keep each one small.
+    __slots__ = (
+        "server", "config", "sock", "peer", "ip", "session", "decoder", "thread_ident",
+        "_last_heard", "_login_deadline", "_ping_sent_at", "_close_reason", "_stop",
+        "_out_lock", "_io_lock", "_chunks", "_queued", "_scheduled", "_lazy", "_flushing",
+        "_closed", "_poller", "_recv_size",
+    )
+
+    def __init__(self, server: ChatServer, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.server = server
+        self.config = server.config
+        self.sock: socket.socket = sock
+        self.peer = f"{address[0]}:{address[1]}"
+        self.ip = address[0]
+        self.session = Session(self)
+        self.thread_ident: int | None = None  # of the reader thread, once it runs
+        self.decoder = FrameDecoder(self.config.max_frame_size)
+        self._last_heard = time.monotonic()
+        self._login_deadline = self._last_heard + self.config.login_timeout  # from accept
+        self._ping_sent_at: float | None = None
+        self._close_reason = ""
+        self._stop = False
+        # Outbox state, guarded by _out_lock. `_flushing` marks the one thread (a flusher or
+        # the writer) that owns sending, so frames never go out of order.
+        self._out_lock = threading.Lock()
+        # Plain sockets are safe to send and receive on at once; TLS ones are not, and get a
+        # lock in _start_tls.
+        self._io_lock: threading.Lock | None = None
+        self._chunks: list[bytes] = []
+        self._queued = 0
+        self._scheduled = False  # in the server's dirty queue
+        self._lazy = False  # in the writer's presence queue
+        self._flushing = False
+        self._closed = False
+        self._poller: Any = None  # made by the reader thread, for the socket it ends up with
+        self._recv_size = MIN_RECV_SIZE
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def push(self, data: bytes, urgent: bool = True) -> None:
+        """Queue bytes for this client; never blocks.
+
+        Urgent bytes go out at the next flush, or at once when the routing thread handles a
+        lone frame (nothing else waiting to be read: no batch to gather) and this outbox is
+        idle; a send that does not fit is left to the writer. Others (presence) wait for
+        the writer's next presence tick, unless something urgent takes them along first."""
+        with self._out_lock:
+            if self._closed:
+                return
+            idle = not self._chunks and not self._flushing
+            self._chunks.append(data)
+            self._queued += len(data)
+            if self._queued > self.config.outbox_limit:
+                # Drop it all now: a client that does not read gets nothing more.
+                self._closed = True
+                self._chunks.clear()
+                action = _ABORT
+            elif urgent and idle and _routing.lone_frame:
+                self._flushing = True
+                action = _SEND_NOW
+            elif self._scheduled or (not urgent and self._lazy):
+                action = None
+            elif urgent:
+                self._scheduled = True
+                action = _SCHEDULE
+            else:
+                self._lazy = True
+                action = _SEND_LATER
+        if action is _SEND_NOW:
+            if not self.drain_owned():
+                self.server.writer.watch(self)
+        elif action is _SCHEDULE:
+            self.server.dirty.append(self)
+        elif action is _SEND_LATER:
+            self.server.writer.send_later(self)
+        elif action is _ABORT:
+            self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent")
+
+    def release_lazy(self) -> None:
+        """The writer took this connection off its presence queue."""
+        with self._out_lock:
+            self._lazy = False
+
+    def flush(self) -> None:
+        """Send what is queued without blocking; leave the rest to the writer thread."""
+        with self._out_lock:
+            self._scheduled = False
+            if self._flushing or not self._chunks:
+                return
+            self._flushing = True
+        if not self.drain_owned():
+            self.server.writer.watch(self)
+
+    def drain_owned(self) -> bool:
+        """Send queued bytes until done (True) or the socket is full (False).
+
+        Only the owner of `_flushing` calls this; ownership ends when it returns True.
+        """
+        while True:
+            with self._out_lock:
+                if not self._chunks or self._closed:
+                    self._chunks.clear()
+                    self._flushing = False
+                    self.server.announce_drained()
+                    return True
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+            # Each frame in `data` was pushed after its record was appended to the log, so
+            # writing the log here, the one place bytes leave, puts every one of them in the
+            # file first: whatever a client received survives a kill -9.
+            self.server.log.write_pending()
+            try:
+                sent = self._send_some(data)
+            except ConnectionGone as exc:
+                with self._out_lock:
+                    self._closed = True
+                self.abort(str(exc))
+                continue
+            with self._out_lock:
+                self._queued -= sent
+                if sent < len(data):
+                    self._chunks.insert(0, data[sent:])
+                    return False
+                if not self._chunks:  # the common case: all sent, nothing new; let go
+                    self._flushing = False
+                    break
+        self.server.announce_drained()
+        return True
+
+    def _send_some(self, data: bytes) -> int:
+        try:
+            if self._io_lock is None:
+                return self.sock.send(data)
+            with self._io_lock:
+                return self.sock.send(data)
+        except _WOULD_BLOCK:
+            return 0
+        except OSError as exc:
+            raise ConnectionGone(f"send failed: {exc.strerror or exc}") from None
+
+    def abort(self, reason: str) -> None:
+        """Disconnect this client from any thread: its reader wakes up and cleans up."""
+        if not self._close_reason:
+            self._close_reason = reason
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until nothing queued is waiting for the socket (True) or `timeout` passes."""
+        return self.server.wait_for_drain(lambda: not self._flushing and not self._chunks, timeout)
+
+    def _drain_before_close(self, timeout: float) -> None:
+        """Give queued frames (an error, the goodbye) a moment to leave before closing."""
+        self.server.flush()
+        self.flush()
+        self.wait_drained(timeout)
+
+    # -- reader thread --------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.thread_ident = threading.get_ident()
+        try:
+            self._start_tls()
+            self._read_loop()
+        except ConnectionGone as exc:
+            self._close_reason = self._close_reason or str(exc)
+        except Exception:  # a bug, not bad input: keep the server up, say where
+            log.exception("internal error on connection %s", self.peer)
+            self._close_reason = self._close_reason or "internal server error"
+        finally:
+            self._finish()
+
+    def _start_tls(self) -> None:
+        context = self.server.tls_context
+        if context is not None:
+            self.sock.settimeout(self.config.login_timeout)
+            self._io_lock = threading.Lock()
+            try:
+                self.sock = context.wrap_socket(self.sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConnectionGone(f"TLS handshake failed: {exc}") from None
+        self.sock.setblocking(False)
+        if hasattr(select, "poll"):  # poll has no descriptor limit; Windows has only select
+            self._poller = select.poll()
+            self._poller.register(self.sock, select.POLLIN)
+
+    def _wait_readable(self, timeout: float) -> bool:
+        if self._poller is not None:
+            return bool(self._poller.poll(max(0.0, timeout) * 1000))
+        return bool(select.select([self.sock], [], [], max(0.0, timeout))[0])
+
+    def _read_loop(self) -> None:
+        while not self._stop:
+            if not self.session.logged_in and time.monotonic() >= self._login_deadline:
+                self.close("login timed out")  # however much it sent meanwhile
+                break
+            if not self._has_buffered_tls() and not self._wait_readable(self._idle_timeout()):
+                self._on_idle()
+                continue
+            if not self._receive():
+                self._close_reason = self._close_reason or "connection closed by client"
+                return
+
+    def _receive(self) -> bool:
+        """Read what is there and act on it; False at end of stream. (A method of its own so
+        that the received bytes are freed before the thread goes back to waiting.)"""
+        data = self._recv()
+        if data is None:
+            return True
+        self._last_heard = time.monotonic()
+        self._ping_sent_at = None
+        self.decoder.receive_data(data)
+        self._process_frames()
+        self.server.flush()
+        return bool(data)
+
+    def _has_buffered_tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
+    def _recv(self) -> bytes | None:
+        try:
+            if self._io_lock is None:
+                data = self.sock.recv(self._recv_size)
+            else:
+                with self._io_lock:
+                    data = self.sock.recv(self._recv_size)
+        except _WOULD_BLOCK:
+            return None
+        except OSError as exc:
+            raise ConnectionGone(f"receive failed: {exc.strerror or exc}") from None
+        if len(data) == self._recv_size:
+            self._recv_size = min(self._recv_size * 2, MAX_RECV_SIZE)
+        elif len(data) * 4 < self._recv_size:
+            self._recv_size = max(self._recv_size // 2, MIN_RECV_SIZE)
+        return data
+
+    def _process_frames(self) -> None:
+        while not self._stop:
+            try:
+                frame = self.decoder.next_frame()
+            except ProtocolError as error:  # a bad body was skipped; a fatal one stops us
+                self.session.report_bad_frame(error)
+                continue
+            if frame is None:
+                return
+            # A lone frame is routed with direct sends (lowest latency); a batch is queued
+            # and flushed together, one send per client for the whole batch (throughput).
+            _routing.lone_frame = self.decoder.buffered == 0
+            try:
+                self.session.receive(frame)
+            finally:
+                _routing.lone_frame = False
+
+    def _idle_timeout(self) -> float:
+        now = time.monotonic()
+        if not self.session.logged_in:
+            return self._login_deadline - now
+        if self._ping_sent_at is not None:
+            return self._ping_sent_at + self.config.ping_timeout - now
+        return self._last_heard + self.config.ping_interval - now
+
+    def _on_idle(self) -> None:
+        now = time.monotonic()
+        if not self.session.logged_in:
+            if now >= self._login_deadline:
+                self.close("login timed out")
+        elif self._ping_sent_at is not None:
+            if now - self._ping_sent_at >= self.config.ping_timeout:
+                self.close("no answer to ping")
+        elif now - self._last_heard >= self.config.ping_interval:
+            self._ping_sent_at = now
+            self.push(encode_frame({"type": "ping", "data": secrets.token_hex(4)}))
+            self.flush()
+
+    def close(self, reason: str) -> None:
+        """Stop reading (from the reader thread): the connection ends after this frame."""
+        self._close_reason = self._close_reason or reason
+        self._stop = True
+
+    def _finish(self) -> None:
+        reason = self._close_reason or "disconnected"
+        self.session.finish(reason)
+        if not reason.startswith("slow consumer"):
+            self._drain_before_close(timeout=1.0)
+        with self._out_lock:
+            self._closed = True
+            self._chunks.clear()
+            writer_owns = self._flushing
+        if writer_owns:
+            # The writer watches this socket: shut it down so it turns writable, and let the
+            # writer see it closed and unregister it before its descriptor can be reused.
+            self.abort(reason)
+            self.wait_drained(2.0)
+        self.server.flush()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server.forget(self)
+
+    # -- requests -------------------------------------------------------------------------
+
+
+
+PRESENCE_DELAY = 0.05  # seconds arrivals and departures may wait to share a send
+
+
+class Writer:
+    """One thread for all connections whose socket was full: sends when it is writable.
+
+    It also sends presence (arrivals, departures) every PRESENCE_DELAY: when a hundred
+    people log in within that time, each member gets their hundred `user_joined` frames in
+    one send instead of a hundred."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self.server = server
+        self._selector = selectors.DefaultSelector()
+        self._incoming: collections.deque[Connection] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._running = True
+        self._later: collections.deque[Connection] = collections.deque()
+        self._presence_due: float | None = None
+        self.thread = threading.Thread(target=self._run, name="gapshape-writer", daemon=True)
+
+    def watch(self, conn: Connection) -> None:
+        """Take over sending for `conn`, which owns `_flushing` and has bytes left."""
+        self._incoming.append(conn)
+        self._wake()
+
+    def send_later(self, conn: Connection) -> None:
+        """Send `conn`'s queue at the next presence tick."""
+        first = not self._later
+        self._later.append(conn)
+        if first:
+            self._wake()
+
+    def stop(self) -> None:
+        self._running = False
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # wake-up socket already full: the writer is awake anyway
+            pass
+
+    def _run(self) -> None:
+        while self._running:
+            self._register_incoming()
+            try:
+                self._send_ready(self._next_timeout())
+                self._send_presence()
+            except Exception:  # e.g. the log's disk is full: keep the writer alive, say so
+                log.exception("the writer thread hit an error; going on")
+
+    def _next_timeout(self) -> float:
+        if not self._later:
+            return 1.0
+        now = time.monotonic()
+        if self._presence_due is None:
+            self._presence_due = now + PRESENCE_DELAY
+        return max(0.0, self._presence_due - now)
+
+    def _send_presence(self) -> None:
+        if self._presence_due is None or time.monotonic() < self._presence_due:
+            return
+        self._presence_due = None
+        for _ in range(len(self._later)):  # those queued meanwhile wait for the next tick
+            conn = self._later.popleft()
+            conn.release_lazy()
+            conn.flush()
+
+    def _send_ready(self, timeout: float) -> None:
+        for key, _ in self._selector.select(timeout=timeout):
+            if key.data is None:
+                self._drain_wakeups()
+                continue
+            conn: Connection = key.data
+            if conn.drain_owned():
+                try:
+                    self._selector.unregister(key.fileobj)
+                except (KeyError, ValueError):
+                    pass
+
+    def _register_incoming(self) -> None:
+        while self._incoming:
+            conn = self._incoming.popleft()
+            try:
+                self._selector.register(conn.sock, selectors.EVENT_WRITE, conn)
+            except (ValueError, OSError):
+                # Closed meanwhile: draining a closed connection just releases ownership.
+                conn.drain_owned()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
