@@ -100,10 +100,12 @@ class DoNotDisturb(RequestError):
     code = "dnd"
 
 
-class RateLimited(RequestError):
-    """The client sends faster than the server's flood limit allows."""
+class RegistrationLimited(RequestError):
+    """A new username cannot be registered now: a key's, an address's or the server's
+    registration limit is reached."""
 
-    code = "rate_limited"
+    code = "registration_limited"
+    fatal = True
 
 
 class ServerFull(RequestError):

@@ -17,12 +17,19 @@ Replaying the lines in order gives the registry. An operator's ``--forget-user``
 another process while the server is up: the server notices that the file changed (size or
 modification time) at its next lookup and reads it again.
 
+Look-alike names: a new name whose ASCII skeleton (``skeleton``: the confusable
+characters of Unicode TR39's table that usernames can hold, mapped to one of each, then
+case-folded) equals the skeleton of a different registered name is refused, so nobody can
+register ``aIice`` (capital i) or ``a1ice`` beside ``alice``. One key may hold at most
+``max_names_per_key`` names.
+
 This module runs in the server, which must never import ``crypto.py``; it uses ``auth``.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import logging
 import os
@@ -45,6 +52,24 @@ class RegistrationConflict(KeyRegistryError):
     """This username already belongs to a different key; only an operator can release it."""
 
 
+class RegistrationRefused(KeyRegistryError):
+    """The name may not be registered: it looks like another, or the key holds enough."""
+
+
+# Unicode TR39 confusables that the username alphabet [A-Za-z0-9_.-] can spell, each
+# mapped to the letter it imitates. Case-sensitive on purpose: "I" imitates "l", "i" not.
+_CONFUSABLE_SEQUENCES = (("rn", "m"), ("vv", "w"), ("cl", "d"))
+_CONFUSABLE_CHARACTERS = str.maketrans({"0": "o", "O": "o", "1": "l", "I": "l", "|": "l"})
+
+
+def skeleton(name: str) -> str:
+    """The form two names share when they look alike: ``skeleton("aIice") == "alice"``."""
+    folded = name.translate(_CONFUSABLE_CHARACTERS).casefold()
+    for sequence, letter in _CONFUSABLE_SEQUENCES:
+        folded = folded.replace(sequence, letter)
+    return folded
+
+
 @dataclass(frozen=True)
 class RegisteredKey:
     """A username's registered key: display name, fingerprint, SPKI DER and when."""
@@ -62,12 +87,35 @@ class KeyRegistry:
     silently letting names be registered again.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_names_per_key: int = 3) -> None:
         self.path = Path(path)
+        self.max_names_per_key = max_names_per_key
         self._lock = threading.Lock()
         self._entries: dict[str, RegisteredKey] = {}
+        # Derived from _entries, rebuilt with it: skeleton -> casefolded name, and how
+        # many names each key (fingerprint) holds.
+        self._skeletons: dict[str, str] = {}
+        self._names_per_key: collections.Counter[str] = collections.Counter()
         self._seen: tuple[int, int] | None = None  # (size, mtime_ns) of the file we read
         self._reload_if_changed()
+
+    def lookalike(self, username: str) -> str | None:
+        """A registered name that looks like ``username`` but is another name, or None."""
+        with self._lock:
+            self._reload_if_changed()
+            return self._lookalike(username)
+
+    def refusal(self, username: str, public_der: bytes) -> str | None:
+        """Why ``register(username, public_der)`` would be refused, or None."""
+        with self._lock:
+            self._reload_if_changed()
+            return self._refusal(username, key_fingerprint(public_der))
+
+    def registration_times(self) -> list[float]:
+        """When each current registration was made, in seconds since the epoch."""
+        with self._lock:
+            self._reload_if_changed()
+            return [t for e in self._entries.values() if (t := _epoch(e.registered_at))]
 
     def lookup(self, username: str) -> RegisteredKey | None:
         """The key registered for ``username`` (any case), or None."""
@@ -95,9 +143,14 @@ class KeyRegistry:
                         f"{current.username} is already registered with a different key"
                     )
                 return current
+            refusal = self._refusal(username, fingerprint)
+            if refusal is not None:
+                raise RegistrationRefused(refusal)
             entry = RegisteredKey(username, fingerprint, public_der, _timestamp(now))
             self._append(_register_line(entry))
             self._entries[username.casefold()] = entry
+            self._skeletons[skeleton(username)] = username.casefold()
+            self._names_per_key[fingerprint] += 1
         logger.info("registered %s with key %s", username, fingerprint)
         return entry
 
@@ -111,6 +164,7 @@ class KeyRegistry:
                 return False
             self._append({"op": "forget", "username": entry.username, "at": _timestamp(None)})
             del self._entries[folded]
+            self._index()
         logger.info("forgot the registered key of %s", username)
         return True
 
@@ -140,7 +194,30 @@ class KeyRegistry:
         version = _file_version(self.path)
         if version != self._seen:
             self._entries = _load(self.path)
+            self._index()
             self._seen = version
+
+    def _index(self) -> None:
+        self._skeletons = {skeleton(e.username): folded for folded, e in self._entries.items()}
+        self._names_per_key = collections.Counter(e.fingerprint for e in self._entries.values())
+
+    def _lookalike(self, username: str) -> str | None:
+        owner = self._skeletons.get(skeleton(username))
+        if owner is None or owner == username.casefold():
+            return None
+        return self._entries[owner].username
+
+    def _refusal(self, username: str, fingerprint: str) -> str | None:
+        if (current := self._entries.get(username.casefold())) is not None:
+            return None if current.fingerprint == fingerprint else (
+                f"{current.username} is already registered with a different key")
+        if (twin := self._lookalike(username)) is not None:
+            return f'"{username}" looks too much like the registered name "{twin}"'
+        held = self._names_per_key[fingerprint]
+        if 0 < self.max_names_per_key <= held:
+            return (f"this key already holds {held} usernames, the most one key may "
+                    "register here")
+        return None
 
 
 def _file_version(path: Path) -> tuple[int, int] | None:
@@ -154,6 +231,14 @@ def _file_version(path: Path) -> tuple[int, int] | None:
 def _check_username(username: object) -> None:
     if not isinstance(username, str) or not username or not username.isprintable():
         raise KeyRegistryError("a registration needs a printable username")
+
+
+def _epoch(stamp: str) -> float | None:
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def _timestamp(now: datetime | None) -> str:

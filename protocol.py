@@ -27,12 +27,15 @@ from typing import Any, Mapping
 
 from errors import FrameTooLarge, ProtocolError, TruncatedFrame
 
-PROTOCOL_VERSION = 1
+# 2: flood control slows instead of refusing, `ref` only to the sender, paged member, room
+# and user lists, `limits` in `welcome`, takeover of a session by a new login.
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024
 # What a client accepts from the server: a `joined` frame carries ten messages of up to
 # 8,000 characters (up to 4 bytes each in UTF-8) and the room's member list.
 MAX_SERVER_FRAME_SIZE = 16 * 1024 * 1024
 MAX_NESTING = 32  # objects and arrays inside one another; real frames need 3
+MAX_REF_CHARS = 64  # a client's own label for a request, echoed back only to it
 HEADER = struct.Struct(">I")
 
 Frame = dict[str, Any]
@@ -137,6 +140,18 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buffer) - self._start
 
+    def complete_frames(self, limit: int) -> int:
+        """How many whole frames are buffered (counting stops at `limit`); reads headers
+        only. Flood control uses it to see how far ahead of its rate a client is."""
+        count, position, end = 0, self._start, len(self._buffer)
+        while count < limit and position + HEADER.size <= end:
+            (length,) = HEADER.unpack_from(self._buffer, position)
+            position += HEADER.size + length
+            if position > end:
+                break
+            count += 1
+        return count
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, None if more bytes are needed, or raise ProtocolError."""
         available = len(self._buffer) - self._start
@@ -174,15 +189,17 @@ class FrameDecoder:
 
 # What each client request carries: field -> (type, required). Strings are further checked
 # by the handlers (names, lengths); the table guarantees presence and JSON type only.
+# `version` may be of any type: whatever it is, a version this server does not speak gets
+# `unsupported_version` (checked by the handler), so a future client learns the right thing.
 REQUEST_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
-    "hello": {"version": (int, True), "username": (str, True), "public_key": (str, True),
+    "hello": {"version": (object, True), "username": (str, True), "public_key": (str, True),
               "client": (str, False)},
     "auth": {"signature": (str, True)},
     "message": {"text": (str, True), "ref": (str, False)},
     "join": {"room": (str, True)},
-    "rooms": {},
-    "list": {},
-    "users": {},
+    "rooms": {"after": (str, False)},
+    "list": {"room": (str, False), "after": (str, False)},
+    "users": {"after": (str, False)},
     "status": {"status": (str, True), "note": (str, False)},
     "private": {"to": (str, True), "envelope": (dict, True), "ref": (str, False)},
     "get_key": {"user": (str, True)},

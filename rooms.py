@@ -14,11 +14,12 @@ before any live message of that room.
 from __future__ import annotations
 
 import base64
+import bisect
 import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, RequestError, UnknownUser
 from protocol import PROTOCOL_VERSION, encode_frame
@@ -27,6 +28,12 @@ COMMON_ROOM = "#common"
 HISTORY_SIZE = 10
 MAX_TEXT_CHARS = 8000
 MAX_NOTE_CHARS = 200
+# Pages keep every answer far below the outbox limit, however big the chat: 200 members
+# with 200-character notes are about 180 KB of JSON.
+MEMBER_PAGE = 200
+USER_PAGE = 200
+ROOM_PAGE = 500
+TAKEOVER_REASON = "logged in elsewhere"
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
@@ -113,18 +120,63 @@ class Member:
         return {"user": self.name, "status": self.status, "note": self.note}
 
 
+class Room:
+    """A room's members, kept in name order too, so that any page of them costs O(page)."""
+
+    __slots__ = ("members", "order")
+
+    def __init__(self) -> None:
+        self.members: dict[str, Member] = {}  # casefolded name -> member
+        self.order: list[str] = []  # the same keys, sorted
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.members.values())
+
+    def __contains__(self, member: Member) -> bool:
+        return self.members.get(member.key) is member
+
+    def add(self, member: Member) -> None:
+        if member.key not in self.members:
+            bisect.insort(self.order, member.key)
+        self.members[member.key] = member
+
+    def remove(self, member: Member) -> None:
+        del self.members[member.key]
+        del self.order[bisect.bisect_left(self.order, member.key)]
+
+    def page(self, after: str | None, size: int) -> tuple[list[Member], str | None]:
+        """Up to `size` members named after `after` (casefolded), and the next cursor."""
+        start = 0 if after is None else bisect.bisect_right(self.order, after.casefold())
+        keys = self.order[start : start + size]
+        more = start + size < len(self.order)
+        return [self.members[key] for key in keys], (keys[-1] if more and keys else None)
+
+
+def page_of_names(names: list[str], after: str | None, size: int) -> tuple[list[str], str | None]:
+    """Up to `size` of the sorted `names` after `after`, and the cursor of the next page."""
+    start = 0 if after is None else bisect.bisect_right(names, after)
+    chosen = names[start : start + size]
+    return chosen, (chosen[-1] if start + size < len(names) and chosen else None)
+
+
 class ChatState:
     """Users, rooms and presence; every method is one atomic chat operation."""
 
     def __init__(
-        self, journal: Journal, *, server_id: str = "", clock: Callable[[], str] = utc_now
+        self, journal: Journal, *, server_id: str = "", clock: Callable[[], str] = utc_now,
+        limits: dict[str, Any] | None = None,
     ) -> None:
         self.lock = threading.Lock()
         self.journal = journal
         self.server_id = server_id
         self.clock = clock
+        self.limits = dict(limits or {})  # what `welcome` tells clients of flood control
         self._members: dict[str, Member] = {}
-        self._rooms: dict[str, dict[Member, None]] = {COMMON_ROOM: {}}
+        self._member_order: list[str] = []  # the keys of _members, sorted, for paging
+        self._rooms: dict[str, Room] = {COMMON_ROOM: Room()}
 
     # -- queries --------------------------------------------------------------------------
 
@@ -132,52 +184,68 @@ class ChatState:
         with self.lock:
             return self._members.get(name.casefold())
 
-    def list_room(self, member: Member) -> None:
+    def list_room(self, member: Member, room_name: str | None = None,
+                  after: str | None = None) -> None:
+        """One page of a room's members (the member's own room unless named)."""
+        room = member.room if room_name is None else normalize_room(room_name)
         with self.lock:
-            self._send(member, {"type": "members", "room": member.room,
-                                "members": self._summaries(member.room)})
+            members = self._rooms.get(room) or Room()
+            page, cursor = members.page(after, MEMBER_PAGE)
+            self._send(member, {"type": "members", "room": room,
+                                "members": [m.summary() for m in page],
+                                "member_count": len(members), "next": cursor})
 
-    def list_rooms(self, member: Member) -> None:
+    def list_rooms(self, member: Member, after: str | None = None) -> None:
+        """One page of the rooms: those with people in them and those with history."""
         with self.lock:
-            names = set(self._rooms) | set(self.journal.rooms()) | {COMMON_ROOM}
-            rooms = [{"room": name, "members": len(self._rooms.get(name, ()))}
-                     for name in sorted(names)]
-            self._send(member, {"type": "rooms", "rooms": rooms})
+            names = sorted(set(self._rooms) | set(self.journal.rooms()) | {COMMON_ROOM})
+            page, cursor = page_of_names(names, after, ROOM_PAGE)
+            rooms = [{"room": name, "members": len(self._rooms.get(name, ()))} for name in page]
+            self._send(member, {"type": "rooms", "rooms": rooms, "room_count": len(names),
+                                "next": cursor})
 
-    def list_users(self, member: Member) -> None:
+    def list_users(self, member: Member, after: str | None = None) -> None:
+        """One page of everyone online, with their room."""
         with self.lock:
-            users = [{**m.summary(), "room": m.room}
-                     for m in sorted(self._members.values(), key=lambda m: m.key)]
-            self._send(member, {"type": "users", "users": users})
+            keys, cursor = page_of_names(self._member_order, after and after.casefold(),
+                                         USER_PAGE)
+            users = [{**self._members[key].summary(), "room": self._members[key].room}
+                     for key in keys]
+            self._send(member, {"type": "users", "users": users,
+                                "user_count": len(self._members), "next": cursor})
 
     # -- sessions -------------------------------------------------------------------------
 
     def login(self, name: str, outbox: Outbox, *, public_der: bytes = b"",
-              address: str = "") -> Member:
-        """Register a user and put them in #common; raise NameTaken if the name is online."""
+              address: str = "", take_over: bool = False) -> tuple[Member, Member | None]:
+        """Register a user and put them in #common.
+
+        If the name is online, raise NameTaken, unless `take_over` (the caller proved the
+        registered key): then the old session is logged out, told why with a `bye`, and
+        returned so that the caller can close its connection. Returns (new, replaced)."""
         validate_name(name)
         with self.lock:
-            if name.casefold() in self._members:
-                raise NameTaken(f'the username "{name}" is already in use')
+            replaced = self._members.get(name.casefold())
+            if replaced is not None:
+                if not take_over:
+                    raise NameTaken(f'the username "{name}" is already in use')
+                replaced.outbox.push(encode_frame({"type": "bye", "reason": TAKEOVER_REASON}))
+                self._logout(replaced, TAKEOVER_REASON)
             member = Member(name=name, outbox=outbox, public_der=public_der, address=address)
             self._members[member.key] = member
+            bisect.insort(self._member_order, member.key)
             now = self.clock()
             self.journal.append({"event": "connect", "time": now, "user": name, "address": address})
             self._send(member, {"type": "welcome", "version": PROTOCOL_VERSION, "user": name,
-                                "server_id": self.server_id, "room": COMMON_ROOM, "time": now})
+                                "server_id": self.server_id, "room": COMMON_ROOM, "time": now,
+                                "limits": self.limits})
             self._enter(member, COMMON_ROOM, now)
-            return member
+            return member, replaced
 
     def logout(self, member: Member, reason: str) -> None:
-        """Remove a user everywhere; safe to call twice."""
+        """Remove a user everywhere; safe to call twice (and after a takeover)."""
         with self.lock:
-            if self._members.get(member.key) is not member:
-                return
-            del self._members[member.key]
-            now = self.clock()
-            self._leave(member, now, reason)
-            self.journal.append({"event": "disconnect", "time": now, "user": member.name,
-                                 "reason": reason})
+            self._logout(member, reason)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -201,9 +269,11 @@ class ChatState:
                                  "room": member.room, "user": member.name, "text": text})
             frame = {"type": "message", "id": message_id, "room": member.room,
                      "user": member.name, "text": text, "time": now}
-            if ref is not None:
-                frame["ref"] = ref
-            self._broadcast(member.room, frame)
+            if ref is None:
+                self._broadcast(member.room, frame)
+            else:  # the label is the sender's own: others must not see it (or count it)
+                self._broadcast(member.room, frame, skip=member)
+                self._send(member, {**frame, "ref": ref})
             return message_id
 
     def set_status(self, member: Member, status_word: str, note: str | None = None) -> None:
@@ -250,8 +320,15 @@ class ChatState:
 
     # -- internals (caller holds the lock) ------------------------------------------------
 
-    def _summaries(self, room: str) -> list[dict[str, str]]:
-        return [m.summary() for m in self._rooms.get(room, ())]
+    def _logout(self, member: Member, reason: str) -> None:
+        if self._members.get(member.key) is not member:
+            return
+        del self._members[member.key]
+        del self._member_order[bisect.bisect_left(self._member_order, member.key)]
+        now = self.clock()
+        self._leave(member, now, reason)
+        self.journal.append({"event": "disconnect", "time": now, "user": member.name,
+                             "reason": reason})
 
     def _send(self, member: Member, frame: dict[str, Any]) -> None:
         member.outbox.push(encode_frame(frame))
@@ -264,17 +341,22 @@ class ChatState:
                 member.outbox.push(data, urgent)
 
     def _enter(self, member: Member, room: str, now: str) -> None:
-        members = self._rooms.setdefault(room, {})
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = Room()
         arriving = member not in members
         if arriving:
             self._broadcast(room, {"type": "user_joined", "room": room, **member.summary(),
                                    "time": now}, urgent=False)
-            members[member] = None
+            members.add(member)
             member.room = room
             self.journal.append({"event": "join", "time": now, "user": member.name, "room": room})
         history = [{key: value for key, value in record.items() if key != "event"}
                    for record in self.journal.history(room)[-HISTORY_SIZE:]]
-        self._send(member, {"type": "joined", "room": room, "members": self._summaries(room),
+        page, cursor = members.page(None, MEMBER_PAGE)
+        self._send(member, {"type": "joined", "room": room,
+                            "members": [m.summary() for m in page],
+                            "member_count": len(members), "members_next": cursor,
                             "history": history, "time": now})
 
     def _leave(self, member: Member, now: str, reason: str) -> None:
@@ -282,7 +364,7 @@ class ChatState:
         members = self._rooms.get(room)
         if members is None or member not in members:
             return
-        del members[member]
+        members.remove(member)
         if not members and room != COMMON_ROOM:
             del self._rooms[room]
         self.journal.append({"event": "leave", "time": now, "user": member.name, "room": room})

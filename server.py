@@ -36,7 +36,8 @@ from errors import GapshapeError, ServerFull
 from keyregistry import KeyRegistry
 from messagelog import MessageLog
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
-from rooms import ChatState
+from floodcontrol import FloodLedger, RegistrationQuota
+from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
 from transport import Connection, Writer
 
 log = logging.getLogger("gapshape.server")
@@ -57,6 +58,10 @@ class ServerConfig:
     login_timeout: float = 10.0
     rate: float = 5.0  # frames per second a client may sustain; 0 turns flood control off
     burst: int = 20
+    flood_kick_after: float = 30.0  # seconds of backlog (frames ahead of the rate) that disconnect
+    max_names_per_key: int = 3
+    registrations_per_address: int = 20  # a day
+    registrations_per_day: int = 1000
     max_clients: int = 10_000
     max_per_address: int = 100
     tls_cert: Path | None = None
@@ -76,9 +81,15 @@ class ChatServer:
         self.tls_context = _make_tls_context(config)
         self.server_id = _server_id(config)
         self.log = MessageLog(config.log_path)
-        self.registry = KeyRegistry(config.registry)
+        self.registry = KeyRegistry(config.registry, max_names_per_key=config.max_names_per_key)
         self.registration_lock = threading.Lock()
-        self.state = ChatState(self.log, server_id=self.server_id)
+        self.registrations = RegistrationQuota(config.registrations_per_address,
+                                               config.registrations_per_day)
+        self.registrations.seed(self.registry.registration_times())
+        self.flood = FloodLedger(config.rate, config.burst, kick_after=config.flood_kick_after)
+        self.state = ChatState(self.log, server_id=self.server_id, limits={
+            "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
+            "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS})
         self.dirty: collections.deque[Connection] = collections.deque()
         self.writer = Writer(self)
         self.stopping = False
@@ -295,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-timeout", type=float, default=d.login_timeout, help="seconds a new connection has to log in (default %(default)s)")
     p.add_argument("--rate", type=float, default=d.rate, help="frames per second a client may sustain; 0 = no flood control (default %(default)s)")
     p.add_argument("--burst", type=int, default=d.burst, help="frames a client may send at once above the rate (default %(default)s)")
+    p.add_argument("--flood-kick-after", type=float, default=d.flood_kick_after, help="a client whose frames are this many seconds ahead of the rate is disconnected (default %(default)s)")
+    p.add_argument("--max-names-per-key", type=int, default=d.max_names_per_key, help="usernames one key may register; 0 = no limit (default %(default)s)")
+    p.add_argument("--registrations-per-address", type=int, default=d.registrations_per_address, help="new usernames one IP address may register in 24 hours; 0 = no limit (default %(default)s)")
+    p.add_argument("--registrations-per-day", type=int, default=d.registrations_per_day, help="new usernames the server registers in 24 hours; 0 = no limit (default %(default)s)")
     p.add_argument("--max-clients", type=int, default=d.max_clients, help="connections the server holds at once (default %(default)s)")
     p.add_argument("--max-per-address", type=int, default=d.max_per_address, help="connections from one IP address (default %(default)s)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
@@ -310,6 +325,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_frame_size=args.max_frame, outbox_limit=args.outbox_limit,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
         login_timeout=args.login_timeout, rate=args.rate, burst=args.burst,
+        flood_kick_after=args.flood_kick_after, max_names_per_key=args.max_names_per_key,
+        registrations_per_address=args.registrations_per_address,
+        registrations_per_day=args.registrations_per_day,
         max_clients=args.max_clients, max_per_address=args.max_per_address,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
     )

@@ -7,17 +7,22 @@ place (`Session._report`). The handlers call into the shared state (rooms.ChatSt
 reply through the connection's outbox (`Connection.push`), which never blocks.
 
 Login takes two frames: `hello` (name, key) earns a `challenge` with a fresh nonce, and
-`auth` carries the signature over it (auth.py), verified on the server's crypto pool.
+`auth` carries the signature over it (auth.py), verified on the server's crypto pool. A
+proven login under a name that is online takes the session over: the old connection gets
+`bye` "logged in elsewhere" and is closed (a reconnect after a network drop need not wait
+for the dead connection's ping to time out). A first login registers the name, within the
+registry's look-alike and per-key rules and the server's daily quotas (floodcontrol.py).
+
+Every frame, valid or not, is paced by flood control first (floodcontrol.FloodLedger):
+over the rate, the reader waits before handling it.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import logging
 import secrets
-import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import auth
 from errors import (
@@ -25,16 +30,18 @@ from errors import (
     GapshapeError,
     KeyMismatch,
     NameTaken,
+    InvalidName,
     NotLoggedIn,
     ProtocolError,
-    RateLimited,
+    RegistrationLimited,
     RequestError,
     UnknownUser,
     UnsupportedVersion,
 )
 from floodcontrol import TokenBucket
-from protocol import PROTOCOL_VERSION, Frame, encode_frame, validate_request
-from rooms import Member, validate_name
+from keyregistry import RegistrationRefused
+from protocol import MAX_REF_CHARS, PROTOCOL_VERSION, Frame, encode_frame, validate_request
+from rooms import TAKEOVER_REASON, Member, validate_name
 
 if TYPE_CHECKING:
     from transport import Connection
@@ -45,17 +52,16 @@ log = logging.getLogger("gapshape.server")
 class Session:
     """The chat side of one connection: who it is logged in as, and what it may do."""
 
-    __slots__ = ("conn", "server", "config", "member", "bucket", "_refusals",
-                 "_last_refusal_reported", "_pending_login")
+    __slots__ = ("conn", "server", "member", "user_bucket", "address_bucket", "_pending_login")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.server = conn.server
-        self.config = conn.config
         self.member: Member | None = None
-        self.bucket = TokenBucket(self.config.rate, self.config.burst)
-        self._refusals: collections.deque[float] | None = None  # made on the first refusal
-        self._last_refusal_reported = 0.0
+        # Flood control is per address from the first byte, per user once logged in; the
+        # buckets outlive the connection, so reconnecting does not refill them.
+        self.address_bucket: TokenBucket | None = self.server.flood.address(conn.ip)
+        self.user_bucket: TokenBucket | None = None
         self._pending_login: dict[str, Any] | None = None
 
     @property
@@ -70,12 +76,9 @@ class Session:
             self._report(error, frame)
 
     def report_bad_frame(self, error: ProtocolError) -> None:
-        """Bad frames count against flood control too, so junk cannot buy error frames."""
-        try:
-            if error.fatal or self._within_rate():
-                self._report(error, None)
-        except RateLimited as limited:
-            self._report(limited, None)
+        """Bad frames are paced like good ones, so junk cannot buy error frames faster."""
+        if error.fatal or self._pace():
+            self._report(error, None)
 
     def finish(self, reason: str) -> None:
         """The connection is ending: leave the chat."""
@@ -91,8 +94,9 @@ class Session:
         reply: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
         if isinstance(frame, dict):
             reply["request"] = frame.get("type")
-            if isinstance(frame.get("ref"), str):
-                reply["ref"] = frame["ref"]
+            ref = frame.get("ref")
+            if isinstance(ref, str) and len(ref) <= MAX_REF_CHARS:
+                reply["ref"] = ref
         self.push(encode_frame(reply))
         if error.fatal:
             log.info("closing %s: %s", self.conn.peer, error.message)
@@ -101,48 +105,59 @@ class Session:
     def _dispatch(self, frame: Frame) -> None:
         if self.server.stopping:
             return
-        if frame["type"] != "pong" and not self._within_rate():
+        if frame["type"] != "pong" and not self._pace():
             return  # every frame counts, valid or not
         kind = validate_request(frame)["type"]
+        ref = frame.get("ref")
+        if isinstance(ref, str) and len(ref) > MAX_REF_CHARS:
+            raise ProtocolError(f'field "ref" is over {MAX_REF_CHARS} characters')
         if self.member is None and kind not in _BEFORE_LOGIN:
             raise NotLoggedIn("log in first (send a hello frame)")
         _HANDLERS[kind](self, frame)
 
-    def _within_rate(self) -> bool:
-        """Flood control. A refused frame is reported at most once a second (an error per
-        refused frame would let a flooder make us flood it back); `burst` refusals within
-        10 seconds is abuse, and disconnects."""
-        if self.bucket.take():
+    def _pace(self) -> bool:
+        """Flood control: wait for this frame's turn; False if the client was dropped for
+        staying too far ahead (its frame is not handled)."""
+        flood = self.server.flood
+        if not flood.enabled:
             return True
-        now = time.monotonic()
-        if self._refusals is None:
-            self._refusals = collections.deque(maxlen=max(1, self.config.burst))
-        self._refusals.append(now)
-        if len(self._refusals) == self._refusals.maxlen and now - self._refusals[0] < 10:
-            self.conn.close("flooding: too many messages")
-        if now - self._last_refusal_reported < 1.0:
+        wait = flood.charge(self.user_bucket, self.address_bucket)
+        if wait <= 0:
+            return True
+        # Behind this frame wait others already read: how long until the last is handled.
+        allowed = int(flood.kick_after * flood.rate) + 1
+        backlog = wait + self.conn.frames_waiting(allowed) / flood.rate
+        if backlog > flood.kick_after:
+            reason = (f"flooding: sending far faster than {flood.rate:g} messages a second "
+                      "for too long")
+            self.push(encode_frame({"type": "bye", "reason": reason}))
+            self.conn.close(reason)
             return False
-        self._last_refusal_reported = now
-        raise RateLimited("you are sending too fast; slow down")
+        self.conn.pause(wait)
+        return not self.conn.closing
 
     def on_hello(self, frame: Frame) -> None:
         if self.member is not None or self._pending_login is not None:
             raise RequestError("already logged in")
-        if frame["version"] != PROTOCOL_VERSION:
+        version = frame["version"]
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise UnsupportedVersion(
-                f"protocol version {frame['version']} is not supported; this server speaks "
+                f"protocol version {str(version)[:20]} is not supported; this server speaks "
                 f"version {PROTOCOL_VERSION}"
             )
         username = validate_name(frame["username"])
-        if self.server.state.member(username) is not None:
-            raise NameTaken(f'the username "{username}" is already in use')
         public_der = _b64decode(frame["public_key"], "public_key")
+        online = self.server.state.member(username)
+        if online is not None and online.public_der != public_der:
+            raise NameTaken(f'the username "{username}" is already in use')
         registered = self.server.registry.lookup(username)
         if registered is not None and registered.public_der != public_der:
             raise KeyMismatch(
                 f'the username "{username}" is registered to another key; if you lost your key, '
                 "ask the server operator to remove the registration"
             )
+        if registered is None:
+            self._check_registration(username, public_der)  # before paying for RSA
         nonce = secrets.token_bytes(32)
         self._pending_login = {"username": username, "public_der": public_der, "nonce": nonce}
         self.push(encode_frame({"type": "challenge", "version": PROTOCOL_VERSION,
@@ -164,13 +179,38 @@ class Session:
         with self.server.registration_lock:  # two first logins with one name: one key wins
             registered = self.server.registry.lookup(username)
             if registered is None:
-                registered = self.server.registry.register(username, pending["public_der"])
+                self._check_registration(username, pending["public_der"])
+                try:
+                    registered = self.server.registry.register(username, pending["public_der"])
+                except RegistrationRefused as exc:
+                    raise RegistrationLimited(str(exc)) from None
+                self.server.registrations.record(self.conn.ip)
                 log.info("registered the key of %s", username)
             elif registered.public_der != pending["public_der"]:
                 raise KeyMismatch(f'the username "{username}" is registered to another key')
-        self.member = self.server.state.login(username, self.conn, public_der=registered.public_der,
-                                              address=self.conn.peer)
+        # The proof is for the registered key, so whoever is online under the name is this
+        # user's older session (a dead connection, another device): this login replaces it.
+        self.member, replaced = self.server.state.login(
+            username, self.conn, public_der=registered.public_der, address=self.conn.peer,
+            take_over=True)
+        self.user_bucket = self.server.flood.user(username)
+        if replaced is not None:
+            old = cast("Connection", replaced.outbox)
+            old.flush()  # the bye, if the socket takes it; the old reader then cleans up
+            old.abort(TAKEOVER_REASON)
+            log.info("takeover %s: %s replaces %s", username, self.conn.peer, replaced.address)
         log.info("connect %s from %s", username, self.conn.peer)
+
+    def _check_registration(self, username: str, public_der: bytes) -> None:
+        """Refuse a new name that looks like another, or over the key's or quotas' limits."""
+        twin = self.server.registry.lookalike(username)
+        if twin is not None:
+            raise InvalidName(f'the username "{username}" looks too much like "{twin}", '
+                              "who is already registered; choose another")
+        refusal = (self.server.registry.refusal(username, public_der)
+                   or self.server.registrations.refusal(self.conn.ip))
+        if refusal is not None:
+            raise RegistrationLimited(f"the username cannot be registered: {refusal}")
 
     def on_message(self, frame: Frame) -> None:
         self.server.state.post(self._me, frame["text"], frame.get("ref"))
@@ -180,13 +220,13 @@ class Session:
         log.info("join %s -> %s", self._me.name, self._me.room)
 
     def on_rooms(self, frame: Frame) -> None:
-        self.server.state.list_rooms(self._me)
+        self.server.state.list_rooms(self._me, frame.get("after"))
 
     def on_list(self, frame: Frame) -> None:
-        self.server.state.list_room(self._me)
+        self.server.state.list_room(self._me, frame.get("room"), frame.get("after"))
 
     def on_users(self, frame: Frame) -> None:
-        self.server.state.list_users(self._me)
+        self.server.state.list_users(self._me, frame.get("after"))
 
     def on_status(self, frame: Frame) -> None:
         self.server.state.set_status(self._me, frame["status"], frame.get("note"))

@@ -356,6 +356,28 @@ class Connection:
         self._close_reason = self._close_reason or reason
         self._stop = True
 
+    def frames_waiting(self, limit: int) -> int:
+        """Frames this client sent that are read but not handled yet (up to `limit`)."""
+        return self.decoder.complete_frames(limit)
+
+    @property
+    def closing(self) -> bool:
+        """Whether this connection is ending (closed here, aborted, or the server stops)."""
+        return self._stop or bool(self._close_reason) or self.server.stopping
+
+    def pause(self, seconds: float) -> None:
+        """Hold this reader for `seconds` (flood control): it reads nothing meanwhile, so
+        TCP pushes back on the sender. What earlier frames queued leaves first. Ends early
+        if the connection is closing; short naps keep that check prompt without an Event
+        per connection."""
+        self.server.flush()
+        deadline = time.monotonic() + seconds
+        while not self.closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, 0.1))
+
     def _finish(self) -> None:
         reason = self._close_reason or "disconnected"
         self.session.finish(reason)

@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable
 
 import auth
-from protocol import FrameDecoder, encode_frame
+from protocol import PROTOCOL_VERSION, FrameDecoder, encode_frame
 
 
 class RawClient:
@@ -27,7 +27,7 @@ class RawClient:
 
     def login(self, username: str, key: Any) -> dict[str, Any]:
         """Prove `key` for `username`; returns the welcome frame."""
-        self.send({"type": "hello", "version": 1, "username": username,
+        self.send({"type": "hello", "version": PROTOCOL_VERSION, "username": username,
                    "public_key": base64.b64encode(auth.public_key_der(key)).decode()})
         challenge = self.expect("challenge")
         nonce = base64.b64decode(challenge["nonce"])

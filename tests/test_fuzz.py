@@ -43,6 +43,7 @@ from hostile_net import WAIT, PeerClosed, RawPeer, wait_until
 from protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER,
+    PROTOCOL_VERSION,
     REQUEST_FIELDS,
     FrameDecoder,
     encode_frame,
@@ -379,7 +380,7 @@ def test_hello_with_a_mutated_public_key_is_refused_cleanly(
     seen = len(caplog.records)
     with RawPeer(live.chat.address) as peer:
         answer, _open = live.exchange(peer, encode_frame({
-            "type": "hello", "version": 1, "username": "mutant",
+            "type": "hello", "version": PROTOCOL_VERSION, "username": "mutant",
             "public_key": base64.b64encode(bytes(der)).decode()}))
     kinds = [r["type"] if r["type"] != "error" else r["code"] for r in answer]
     assert kinds in (["challenge"], ["auth_failed"], ["bad_frame"]), kinds

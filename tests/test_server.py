@@ -23,6 +23,7 @@ from client import (
     UserLeft,
     UserList,
 )
+from protocol import PROTOCOL_VERSION
 from rawclient import RawClient
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -63,7 +64,7 @@ def test_login_puts_the_user_in_common_with_the_others(chat_server, client_facto
 ])
 def test_invalid_usernames_are_refused_with_a_reason(chat_server, key_pool, name, reason):
     raw = RawClient(chat_server.address)
-    raw.send({"type": "hello", "version": 1, "username": name, "public_key": "AAAA"})
+    raw.send({"type": "hello", "version": PROTOCOL_VERSION, "username": name, "public_key": "AAAA"})
     error = raw.expect("error")
     assert error["code"] == "invalid_name"
     assert reason in error["message"]
@@ -77,9 +78,11 @@ def test_valid_name_characters(chat_server, client_factory):
 
 def test_second_login_with_a_name_in_use_is_refused_and_the_first_untouched(
         chat_server, client_factory, key_pool):
+    """Without the registered key a name in use stays taken (with it, the new login takes
+    the session over: test_abuse.py)."""
     alice = client_factory(chat_server, "alice")
     with pytest.raises(LoginError) as refused:
-        client_factory(chat_server, "ALICE", key=0)  # same key, other case: still taken
+        client_factory(chat_server, "ALICE", key=5, home="mallory")  # other key, other case
     assert refused.value.code == "name_taken"
     alice.say("still here")
     assert alice.recorder.wait_for(message("still here")).own

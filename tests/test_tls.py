@@ -26,7 +26,7 @@ trustme = pytest.importorskip("trustme")
 
 from client import LoginError, Notice, PrivateMessage, RoomMessage, TlsSettings  # noqa: E402
 from hostile_net import WAIT, ServerProcess  # noqa: E402
-from protocol import encode_frame  # noqa: E402
+from protocol import PROTOCOL_VERSION, encode_frame  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -217,7 +217,7 @@ def test_a_plain_tcp_client_on_the_tls_port_harms_nobody(
     started = time.monotonic()
     with socket.create_connection(chat.address, timeout=WAIT) as plain:
         if sends == "a-plain-hello":
-            plain.sendall(encode_frame({"type": "hello", "version": 1, "username": "mallory",
+            plain.sendall(encode_frame({"type": "hello", "version": PROTOCOL_VERSION, "username": "mallory",
                                         "public_key": "AAAA"}))
         received = _read_until_closed(plain, timeout=WAIT)
     assert b'"type"' not in received, "the server answered a plain client in clear text"
