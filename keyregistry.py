@@ -17,10 +17,12 @@ Replaying the lines in order gives the registry. An operator's ``--forget-user``
 another process while the server is up: the server notices that the file changed (size or
 modification time) at its next lookup and reads it again.
 
-Look-alike names: a new name whose ASCII skeleton (``skeleton``: the confusable
-characters of Unicode TR39's table that usernames can hold, mapped to one of each, then
-case-folded) equals the skeleton of a different registered name is refused, so nobody can
-register ``aIice`` (capital i) or ``a1ice`` beside ``alice``. One key may hold at most
+Look-alike names: a name's skeletons (``skeletons``: the confusable characters of Unicode
+TR39's table that usernames can hold, mapped to one of each, then case-folded; taken of
+the name as typed, in lower and in upper case, since a name may be shown in any case) are
+compared with those of every registered name, and a new name sharing one with a
+different registered name is refused: nobody can register ``aIice`` (capital i), ``a1ice``
+or ``AL1CE`` beside ``alice``. One key may hold at most
 ``max_names_per_key`` names.
 
 This module runs in the server, which must never import ``crypto.py``; it uses ``auth``.
@@ -68,6 +70,11 @@ def skeleton(name: str) -> str:
     for sequence, letter in _CONFUSABLE_SEQUENCES:
         folded = folded.replace(sequence, letter)
     return folded
+
+
+def skeletons(name: str) -> set[str]:
+    """The skeletons of `name` in every case it may be shown in (as typed, lower, upper)."""
+    return {skeleton(form) for form in (name, name.lower(), name.upper())}
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ class KeyRegistry:
             entry = RegisteredKey(username, fingerprint, public_der, _timestamp(now))
             self._append(_register_line(entry))
             self._entries[username.casefold()] = entry
-            self._skeletons[skeleton(username)] = username.casefold()
+            self._skeletons.update(dict.fromkeys(skeletons(username), username.casefold()))
             self._names_per_key[fingerprint] += 1
         logger.info("registered %s with key %s", username, fingerprint)
         return entry
@@ -198,14 +205,16 @@ class KeyRegistry:
             self._seen = version
 
     def _index(self) -> None:
-        self._skeletons = {skeleton(e.username): folded for folded, e in self._entries.items()}
+        self._skeletons = {form: folded for folded, e in self._entries.items()
+                           for form in skeletons(e.username)}
         self._names_per_key = collections.Counter(e.fingerprint for e in self._entries.values())
 
     def _lookalike(self, username: str) -> str | None:
-        owner = self._skeletons.get(skeleton(username))
-        if owner is None or owner == username.casefold():
-            return None
-        return self._entries[owner].username
+        for form in skeletons(username):
+            owner = self._skeletons.get(form)
+            if owner is not None and owner != username.casefold():
+                return self._entries[owner].username
+        return None
 
     def _refusal(self, username: str, fingerprint: str) -> str | None:
         if (current := self._entries.get(username.casefold())) is not None:

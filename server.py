@@ -38,7 +38,7 @@ from messagelog import MessageLog
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from floodcontrol import FloodLedger, RegistrationQuota
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
-from transport import Connection, Writer
+from transport import BacklogBudget, Connection, Writer
 
 log = logging.getLogger("gapshape.server")
 
@@ -53,6 +53,7 @@ class ServerConfig:
     registry_path: Path | None = None  # default: keyregistry.json beside the log
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     outbox_limit: int = 4 * 1024 * 1024
+    outbox_total: int = 256 * 1024 * 1024  # all outboxes' backlogs together (BacklogBudget)
     ping_interval: float = 30.0
     ping_timeout: float = 15.0
     login_timeout: float = 10.0
@@ -91,6 +92,7 @@ class ChatServer:
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
             "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS})
         self.dirty: collections.deque[Connection] = collections.deque()
+        self.backlog = BacklogBudget(config.outbox_total)
         self.writer = Writer(self)
         self.stopping = False
         self._connections: set[Connection] = set()
@@ -301,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", type=Path, help="username -> key registry (default: keyregistry.json beside the log)")
     p.add_argument("--max-frame", type=int, default=d.max_frame_size, help="largest frame accepted, bytes (default %(default)s)")
     p.add_argument("--outbox-limit", type=int, default=d.outbox_limit, help="bytes queued for one client before it is dropped as a slow consumer (default %(default)s)")
+    p.add_argument("--outbox-total", type=int, default=d.outbox_total, help="bytes waiting in all outboxes together (beyond 64 KiB each) before slow consumers are dropped (default %(default)s)")
     p.add_argument("--ping-interval", type=float, default=d.ping_interval, help="seconds of silence before the server pings a client (default %(default)s)")
     p.add_argument("--ping-timeout", type=float, default=d.ping_timeout, help="seconds to wait for any answer to a ping (default %(default)s)")
     p.add_argument("--login-timeout", type=float, default=d.login_timeout, help="seconds a new connection has to log in (default %(default)s)")
@@ -323,6 +326,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port, log_path=args.log, registry_path=args.registry,
         max_frame_size=args.max_frame, outbox_limit=args.outbox_limit,
+        outbox_total=args.outbox_total,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
         login_timeout=args.login_timeout, rate=args.rate, burst=args.burst,
         flood_kick_after=args.flood_kick_after, max_names_per_key=args.max_names_per_key,

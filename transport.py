@@ -68,6 +68,33 @@ class ConnectionGone(Exception):
     """The peer's socket failed; the connection is being torn down."""
 
 
+BACKLOG_FREE = 64 * 1024  # bytes an outbox may hold before they count against the budget
+
+
+class BacklogBudget:
+    """The server-wide cap on unsent bytes, so that the worst case is finite at any scale.
+
+    Each outbox may hold `outbox_limit` bytes, but ten thousand full outboxes would be
+    40 GiB; beyond its first BACKLOG_FREE bytes every outbox draws on this one budget, and
+    a push that the budget cannot cover drops that (slow) client. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
 class Connection:
     """One client's transport: its socket, its reader thread and its outbox.
 
@@ -79,7 +106,7 @@ class Connection:
     __slots__ = (
         "server", "config", "sock", "peer", "ip", "session", "decoder", "thread_ident",
         "_last_heard", "_login_deadline", "_ping_sent_at", "_close_reason", "_stop",
-        "_out_lock", "_io_lock", "_chunks", "_queued", "_scheduled", "_lazy", "_flushing",
+        "_out_lock", "_io_lock", "_chunks", "_queued", "_charged", "_scheduled", "_lazy", "_flushing",
         "_closed", "_poller", "_recv_size",
     )
 
@@ -105,6 +132,7 @@ class Connection:
         self._io_lock: threading.Lock | None = None
         self._chunks: list[bytes] = []
         self._queued = 0
+        self._charged = 0  # of _queued, the bytes counted in the server's BacklogBudget
         self._scheduled = False  # in the server's dirty queue
         self._lazy = False  # in the writer's presence queue
         self._flushing = False
@@ -127,10 +155,11 @@ class Connection:
             idle = not self._chunks and not self._flushing
             self._chunks.append(data)
             self._queued += len(data)
-            if self._queued > self.config.outbox_limit:
+            over_limit = self._queued > self.config.outbox_limit
+            if over_limit or not self._recount():
                 # Drop it all now: a client that does not read gets nothing more.
                 self._closed = True
-                self._chunks.clear()
+                self._drop_queue()
                 action = _ABORT
             elif urgent and idle and _routing.lone_frame:
                 self._flushing = True
@@ -151,7 +180,28 @@ class Connection:
         elif action is _SEND_LATER:
             self.server.writer.send_later(self)
         elif action is _ABORT:
-            self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent")
+            self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent"
+                       if over_limit else
+                       "slow consumer: the server's budget for unsent bytes is spent")
+
+    def _recount(self) -> bool:
+        """Bring this outbox's share of the server-wide backlog budget up to date (caller
+        holds _out_lock); False if the budget cannot cover it. Only bytes beyond an
+        outbox's first BACKLOG_FREE count, so clients that keep up never touch its lock."""
+        owed = self._queued - BACKLOG_FREE if self._queued > BACKLOG_FREE else 0
+        delta = owed - self._charged
+        if delta > 0 and not self.server.backlog.take(delta):
+            return False
+        if delta < 0:
+            self.server.backlog.give(-delta)
+        self._charged = owed
+        return True
+
+    def _drop_queue(self) -> None:
+        """Forget everything queued (caller holds _out_lock)."""
+        self._chunks.clear()
+        self._queued = 0
+        self._recount()
 
     def release_lazy(self) -> None:
         """The writer took this connection off its presence queue."""
@@ -176,7 +226,7 @@ class Connection:
         while True:
             with self._out_lock:
                 if not self._chunks or self._closed:
-                    self._chunks.clear()
+                    self._drop_queue()
                     self._flushing = False
                     self.server.announce_drained()
                     return True
@@ -195,6 +245,8 @@ class Connection:
                 continue
             with self._out_lock:
                 self._queued -= sent
+                if self._charged:
+                    self._recount()
                 if sent < len(data):
                     self._chunks.insert(0, data[sent:])
                     return False
@@ -385,7 +437,7 @@ class Connection:
             self._drain_before_close(timeout=1.0)
         with self._out_lock:
             self._closed = True
-            self._chunks.clear()
+            self._drop_queue()
             writer_owns = self._flushing
         if writer_owns:
             # The writer watches this socket: shut it down so it turns writable, and let the

@@ -251,8 +251,8 @@ def test_no_client_receives_a_message_before_it_is_in_the_log(
     pause_bob = [False]  # armed by bob's "list" request, so no earlier flush of his is caught
     real_list_room = chat.state.list_room
 
-    def arming_list_room(member: Any) -> None:
-        real_list_room(member)
+    def arming_list_room(member: Any, *args: Any) -> None:
+        real_list_room(member, *args)
         pause_bob[0] = True
 
     def gated_write_pending() -> None:
