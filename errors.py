@@ -100,6 +100,13 @@ class DoNotDisturb(RequestError):
     code = "dnd"
 
 
+class QueueFull(RequestError):
+    """A private message for an offline user cannot be kept: their mailbox, or the
+    server's store of waiting messages, is full."""
+
+    code = "queue_full"
+
+
 class RegistrationLimited(RequestError):
     """A new username cannot be registered now: a key's, an address's or the server's
     registration limit is reached."""

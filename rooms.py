@@ -1,10 +1,17 @@
-"""Who is online, in which room, with which status: the server's state, with no sockets in it.
+"""Who is online, in which rooms, with which status: the server's state, with no sockets in it.
 
 `ChatState` holds the users and rooms and carries out every chat operation. It speaks to
 users only through their `Outbox` (anything with `push(bytes)`), handing it frames already
 encoded, so a room message is encoded once however many members receive it. It records
 what happened through a `Journal` (the message log), which also remembers each room's
-latest messages across restarts.
+latest messages across restarts, and remembers each user's rooms, last-seen position and
+waiting private messages in a `MemberStore` (userstore.UserStore).
+
+A user is a member of any number of rooms (up to MAX_ROOMS_PER_USER) and stays a member
+while offline: a login puts them back in their rooms. The *current* room is the one they
+joined last; a `message` that names no room goes there. A private message to a registered
+user who is offline waits in the store (as the frame, ciphertext and all) until their
+client acknowledges it, and its sender is told first that it was queued, then delivered.
 
 Every operation runs under `self.lock`. Pushing never blocks (an outbox only buffers), so
 the lock is never held across network I/O; and since each frame reaches every outbox under
@@ -17,12 +24,13 @@ import base64
 import bisect
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol
 
-from errors import DoNotDisturb, InvalidName, NameTaken, RequestError, UnknownUser
+from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
 from protocol import PROTOCOL_VERSION, encode_frame
+from userstore import MailboxFull, UserStore
 
 COMMON_ROOM = "#common"
 HISTORY_SIZE = 10
@@ -34,6 +42,7 @@ MEMBER_PAGE = 200
 USER_PAGE = 200
 ROOM_PAGE = 500
 TAKEOVER_REASON = "logged in elsewhere"
+MAX_ROOMS_PER_USER = 50
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
@@ -94,10 +103,29 @@ class Outbox(Protocol):
 class Journal(Protocol):
     """The durable record (messagelog.MessageLog satisfies it)."""
 
+    @property
+    def next_id(self) -> int: ...
     def allocate_id(self) -> int: ...
     def append(self, record: dict[str, Any]) -> None: ...
     def history(self, room: str) -> list[dict[str, Any]]: ...
     def rooms(self) -> list[str]: ...
+
+
+class MemberStore(Protocol):
+    """What is remembered of users between logins (userstore.UserStore satisfies it)."""
+
+    def known(self, user: str) -> bool: ...
+    def rooms(self, user: str) -> list[str]: ...
+    def add_room(self, user: str, room: str) -> None: ...
+    def remove_room(self, user: str, room: str) -> None: ...
+    def last_seen(self, user: str) -> int | None: ...
+    def set_last_seen(self, user: str, message_id: int) -> None: ...
+    def enqueue(self, recipient: str, sender: str, message_id: int, frame: bytes) -> None: ...
+    def waiting(self, recipient: str) -> list[Any]: ...
+    def remove(self, recipient: str, ids: list[int]) -> list[Any]: ...
+    def expire(self) -> list[tuple[int, str, str]]: ...
+    def keep_receipt(self, sender: str, frame: bytes) -> None: ...
+    def take_receipts(self, sender: str) -> list[bytes]: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -108,7 +136,8 @@ class Member:
     outbox: Outbox
     public_der: bytes = b""  # the registered key, shared with the registry's entry
     address: str = ""
-    room: str = COMMON_ROOM
+    room: str = ""  # the current room: where a message that names no room goes
+    rooms: dict[str, None] = field(default_factory=dict)  # every room, in joining order
     status: str = "online"
     note: str = ""
 
@@ -166,14 +195,18 @@ class ChatState:
     """Users, rooms and presence; every method is one atomic chat operation."""
 
     def __init__(
-        self, journal: Journal, *, server_id: str = "", clock: Callable[[], str] = utc_now,
-        limits: dict[str, Any] | None = None,
+        self, journal: Journal, store: MemberStore | None = None, *, server_id: str = "",
+        clock: Callable[[], str] = utc_now, limits: dict[str, Any] | None = None,
+        registered_name: Callable[[str], str | None] = lambda name: None,
     ) -> None:
         self.lock = threading.Lock()
         self.journal = journal
+        self.store = store if store is not None else UserStore()  # in-memory SQLite
         self.server_id = server_id
         self.clock = clock
         self.limits = dict(limits or {})  # what `welcome` tells clients of flood control
+        # The display name of a registered user (or None): who may get queued messages.
+        self.registered_name = registered_name
         self._members: dict[str, Member] = {}
         self._member_order: list[str] = []  # the keys of _members, sorted, for paging
         self._rooms: dict[str, Room] = {COMMON_ROOM: Room()}
@@ -186,8 +219,8 @@ class ChatState:
 
     def list_room(self, member: Member, room_name: str | None = None,
                   after: str | None = None) -> None:
-        """One page of a room's members (the member's own room unless named)."""
-        room = member.room if room_name is None else normalize_room(room_name)
+        """One page of a room's members (the member's current room unless named)."""
+        room = self._current(member) if room_name is None else normalize_room(room_name)
         with self.lock:
             members = self._rooms.get(room) or Room()
             page, cursor = members.page(after, MEMBER_PAGE)
@@ -205,12 +238,12 @@ class ChatState:
                                 "next": cursor})
 
     def list_users(self, member: Member, after: str | None = None) -> None:
-        """One page of everyone online, with their room."""
+        """One page of everyone online, with their current room and all their rooms."""
         with self.lock:
             keys, cursor = page_of_names(self._member_order, after and after.casefold(),
                                          USER_PAGE)
-            users = [{**self._members[key].summary(), "room": self._members[key].room}
-                     for key in keys]
+            users = [{**m.summary(), "room": m.room, "rooms": list(m.rooms)}
+                     for m in (self._members[key] for key in keys)]
             self._send(member, {"type": "users", "users": users,
                                 "user_count": len(self._members), "next": cursor})
 
@@ -218,7 +251,9 @@ class ChatState:
 
     def login(self, name: str, outbox: Outbox, *, public_der: bytes = b"",
               address: str = "", take_over: bool = False) -> tuple[Member, Member | None]:
-        """Register a user and put them in #common.
+        """Log a user in: `welcome`, then a `joined` for each of their rooms (#common for a
+        new user), then the private messages that waited for them and the receipts for
+        those they sent.
 
         If the name is online, raise NameTaken, unless `take_over` (the caller proved the
         registered key): then the old session is logged out, told why with a `bye`, and
@@ -236,47 +271,81 @@ class ChatState:
             bisect.insort(self._member_order, member.key)
             now = self.clock()
             self.journal.append({"event": "connect", "time": now, "user": name, "address": address})
+            if self.store.known(name):
+                rooms = self.store.rooms(name)
+            else:
+                rooms = [COMMON_ROOM]
+                self.store.add_room(name, COMMON_ROOM)
+            last_seen = self.store.last_seen(name)
             self._send(member, {"type": "welcome", "version": PROTOCOL_VERSION, "user": name,
-                                "server_id": self.server_id, "room": COMMON_ROOM, "time": now,
-                                "limits": self.limits})
-            self._enter(member, COMMON_ROOM, now)
+                                "server_id": self.server_id,
+                                "room": rooms[-1] if rooms else "", "rooms": rooms,
+                                "last_seen": last_seen, "time": now, "limits": self.limits})
+            for room in rooms:
+                self._enter(member, room, now, last_seen)
+            self._deliver_waiting(member)
             return member, replaced
 
     def logout(self, member: Member, reason: str) -> None:
-        """Remove a user everywhere; safe to call twice (and after a takeover)."""
+        """Take a user offline everywhere (they stay a member of their rooms); safe to
+        call twice, and after a takeover."""
         with self.lock:
             self._logout(member, reason)
 
     # -- operations -----------------------------------------------------------------------
 
     def join(self, member: Member, room_name: str) -> None:
+        """Join a room (creating it) and make it the current one; joining a room one is
+        in already only makes it current, and sends its snapshot again."""
         room = normalize_room(room_name)
         with self.lock:
-            now = self.clock()
-            if member.room != room:
-                self._leave(member, now, f"joined {room}")
-            self._enter(member, room, now)
+            if room not in member.rooms:
+                if len(member.rooms) >= MAX_ROOMS_PER_USER:
+                    raise RequestError(f"you are in {len(member.rooms)} rooms, the most one "
+                                       "may be in; leave one first")
+                self.store.add_room(member.name, room)
+            self._enter(member, room, self.clock(), None)
 
-    def post(self, member: Member, text: str, ref: str | None = None) -> int:
-        """Send a message to the member's room (the sender gets it too, as the echo)."""
+    def leave(self, member: Member, room_name: str | None = None) -> None:
+        """Stop being a member of a room (the current one unless named)."""
+        room = self._current(member) if room_name is None else normalize_room(room_name)
+        with self.lock:
+            if room not in member.rooms:
+                raise RequestError(f"you are not in {room}")
+            self.store.remove_room(member.name, room)
+            now = self.clock()
+            self._leave(member, room, now, "left")
+            self.journal.append({"event": "leave", "time": now, "user": member.name,
+                                 "room": room})
+            self._send(member, {"type": "left", "room": room, "room_now": member.room,
+                                "time": now})
+
+    def post(self, member: Member, text: str, ref: str | None = None,
+             room_name: str | None = None) -> int:
+        """Send a message to one of the member's rooms (the current one unless named); the
+        sender gets it too, as the echo."""
         clean_text(text, MAX_TEXT_CHARS, "message")
         if not text.strip():
             raise RequestError("message is empty")
+        room = self._current(member) if room_name is None else normalize_room(room_name)
         with self.lock:
+            if room not in member.rooms:
+                raise RequestError(f"you are not in {room}; join it first")
             message_id = self.journal.allocate_id()
             now = self.clock()
             self.journal.append({"event": "message", "time": now, "id": message_id,
-                                 "room": member.room, "user": member.name, "text": text})
-            frame = {"type": "message", "id": message_id, "room": member.room,
+                                 "room": room, "user": member.name, "text": text})
+            frame = {"type": "message", "id": message_id, "room": room,
                      "user": member.name, "text": text, "time": now}
             if ref is None:
-                self._broadcast(member.room, frame)
+                self._broadcast(room, frame)
             else:  # the label is the sender's own: others must not see it (or count it)
-                self._broadcast(member.room, frame, skip=member)
+                self._broadcast(room, frame, skip=member)
                 self._send(member, {**frame, "ref": ref})
             return message_id
 
     def set_status(self, member: Member, status_word: str, note: str | None = None) -> None:
+        """Change a status; everyone who shares a room with the member hears it once."""
         status = normalize_status(status_word)
         note = clean_text(note or "", MAX_NOTE_CHARS, "status note").strip()
         with self.lock:
@@ -284,32 +353,56 @@ class ChatState:
             now = self.clock()
             self.journal.append({"event": "status", "time": now, "user": member.name,
                                  "status": status, "note": note})
-            self._broadcast(member.room, {"type": "status", "user": member.name,
-                                          "status": status, "note": note, "time": now})
+            data = encode_frame({"type": "status", "user": member.name, "status": status,
+                                 "note": note, "time": now})
+            for other in self._company(member):
+                other.outbox.push(data)
 
     def send_private(self, sender: Member, to: str, envelope: dict[str, Any],
                      ref: str | None = None) -> int:
-        """Relay an opaque envelope to one online user; the server never looks inside it."""
+        """Relay an opaque envelope to a user: at once if online, else through their
+        mailbox (if registered). The server never looks inside it."""
         with self.lock:
             recipient = self._members.get(to.casefold())
-            if recipient is None:
-                raise UnknownUser(f'"{to[:40]}" is not online')
-            if recipient.status == "dnd":
+            if recipient is not None and recipient.status == "dnd":
                 raise DoNotDisturb(f"{recipient.name} does not want to be disturbed right now")
+            name = recipient.name if recipient is not None else self.registered_name(to)
+            if name is None:
+                raise UnknownUser(f'no user "{to[:40]}" is known to this server')
             message_id = self.journal.allocate_id()
             now = self.clock()
-            data = encode_frame({"type": "private", "id": message_id, "from": sender.name,
-                                 "to": recipient.name, "time": now, "envelope": envelope,
-                                 "from_key": base64.b64encode(sender.public_der).decode()})
-            self.journal.append({"event": "private", "time": now, "id": message_id,
-                                 "from": sender.name, "to": recipient.name, "size": len(data)})
-            recipient.outbox.push(data)
-            ack: dict[str, Any] = {"type": "private_sent", "id": message_id,
-                                   "to": recipient.name, "time": now}
+            frame: dict[str, Any] = {
+                "type": "private", "id": message_id, "from": sender.name, "to": name,
+                "time": now, "envelope": envelope,
+                "from_key": base64.b64encode(sender.public_der).decode()}
+            if recipient is None:
+                frame["queued"] = True
+            data = encode_frame(frame)
+            if recipient is None:
+                self._queue(sender, name, message_id, data)
+            record = {"event": "private" if recipient else "private_queued", "time": now,
+                      "id": message_id, "from": sender.name, "to": name, "size": len(data)}
+            self.journal.append(record)
+            if recipient is not None:
+                recipient.outbox.push(data)
+            ack: dict[str, Any] = {"type": "private_sent" if recipient else "private_queued",
+                                   "id": message_id, "to": name, "time": now}
             if ref is not None:
                 ack["ref"] = ref
             self._send(sender, ack)
             return message_id
+
+    def acknowledge(self, member: Member, ids: list[int]) -> None:
+        """The member's client has the queued messages `ids`: drop them from the mailbox
+        and tell each sender it was delivered."""
+        with self.lock:
+            now = self.clock()
+            for queued in self.store.remove(member.name, ids):
+                self.journal.append({"event": "private_delivered", "time": now,
+                                     "id": queued.id, "from": queued.sender,
+                                     "to": member.name})
+                self._receipt(queued.sender, {"type": "private_delivered", "id": queued.id,
+                                              "to": member.name, "time": now})
 
     def broadcast_all(self, frame: dict[str, Any]) -> None:
         """Send one frame to every user (server notices, the goodbye at shutdown)."""
@@ -320,13 +413,28 @@ class ChatState:
 
     # -- internals (caller holds the lock) ------------------------------------------------
 
+    def _current(self, member: Member) -> str:
+        if not member.room:
+            raise RequestError("you are in no room; join one first (/join <room>)")
+        return member.room
+
+    def _company(self, member: Member) -> list[Member]:
+        """The member and everyone who shares a room with them, each once."""
+        seen: dict[str, Member] = {member.key: member}
+        for room in member.rooms:
+            for other in self._rooms.get(room, ()):
+                seen.setdefault(other.key, other)
+        return list(seen.values())
+
     def _logout(self, member: Member, reason: str) -> None:
         if self._members.get(member.key) is not member:
             return
         del self._members[member.key]
         del self._member_order[bisect.bisect_left(self._member_order, member.key)]
         now = self.clock()
-        self._leave(member, now, reason)
+        for room in list(member.rooms):
+            self._leave(member, room, now, reason)
+        self.store.set_last_seen(member.name, self.journal.next_id - 1)
         self.journal.append({"event": "disconnect", "time": now, "user": member.name,
                              "reason": reason})
 
@@ -340,34 +448,63 @@ class ChatState:
             if member is not skip:
                 member.outbox.push(data, urgent)
 
-    def _enter(self, member: Member, room: str, now: str) -> None:
+    def _enter(self, member: Member, room: str, now: str, last_seen: int | None) -> None:
+        """Put an online member in a room (or make it current) and send its snapshot."""
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = Room()
-        arriving = member not in members
-        if arriving:
+        if member not in members:
             self._broadcast(room, {"type": "user_joined", "room": room, **member.summary(),
                                    "time": now}, urgent=False)
             members.add(member)
-            member.room = room
-            self.journal.append({"event": "join", "time": now, "user": member.name, "room": room})
+            if room not in member.rooms:
+                member.rooms[room] = None
+                self.journal.append({"event": "join", "time": now, "user": member.name,
+                                     "room": room})
+        member.room = room
         history = [{key: value for key, value in record.items() if key != "event"}
                    for record in self.journal.history(room)[-HISTORY_SIZE:]]
         page, cursor = members.page(None, MEMBER_PAGE)
         self._send(member, {"type": "joined", "room": room,
                             "members": [m.summary() for m in page],
                             "member_count": len(members), "members_next": cursor,
-                            "history": history, "time": now})
+                            "history": history, "last_seen": last_seen, "time": now})
 
-    def _leave(self, member: Member, now: str, reason: str) -> None:
-        room = member.room
+    def _leave(self, member: Member, room: str, now: str, reason: str) -> None:
+        """Take a member out of a room's online members, and out of their rooms if they
+        left it for good (`reason` "left"); the room hears it."""
         members = self._rooms.get(room)
-        if members is None or member not in members:
-            return
-        members.remove(member)
-        if not members and room != COMMON_ROOM:
-            del self._rooms[room]
-        self.journal.append({"event": "leave", "time": now, "user": member.name, "room": room})
-        self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
-                               "reason": reason, "time": now}, urgent=False)
+        if members is not None and member in members:
+            members.remove(member)
+            if not members and room != COMMON_ROOM:
+                del self._rooms[room]
+            self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
+                                   "reason": reason, "time": now}, urgent=False)
+        if reason == "left":
+            member.rooms.pop(room, None)
+            if member.room == room:
+                member.room = next(reversed(member.rooms), "")
 
+    def _queue(self, sender: Member, recipient: str, message_id: int, data: bytes) -> None:
+        for expired_id, expired_sender, expired_to in self.store.expire():
+            self._receipt(expired_sender, {"type": "private_expired", "id": expired_id,
+                                           "to": expired_to, "time": self.clock()})
+        try:
+            self.store.enqueue(recipient, sender.name, message_id, data)
+        except MailboxFull as exc:
+            raise QueueFull(str(exc)) from None
+
+    def _receipt(self, sender: str, frame: dict[str, Any]) -> None:
+        """Tell a sender about a message of theirs: now if online, else at their login."""
+        data = encode_frame(frame)
+        online = self._members.get(sender.casefold())
+        if online is not None:
+            online.outbox.push(data)
+        else:
+            self.store.keep_receipt(sender, data)
+
+    def _deliver_waiting(self, member: Member) -> None:
+        for queued in self.store.waiting(member.name):
+            member.outbox.push(queued.frame)
+        for receipt in self.store.take_receipts(member.name):
+            member.outbox.push(receipt)

@@ -39,6 +39,7 @@ from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from floodcontrol import FloodLedger, RegistrationQuota
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
 from transport import BacklogBudget, Connection, Writer
+from userstore import MailboxLimits, UserStore
 
 log = logging.getLogger("gapshape.server")
 
@@ -51,6 +52,11 @@ class ServerConfig:
     port: int = 5050
     log_path: Path = Path("messageslog.json")
     registry_path: Path | None = None  # default: keyregistry.json beside the log
+    user_store_path: Path | None = None  # default: userstate.sqlite3 beside the log
+    queue_per_user: int = 200  # private messages waiting for one offline user
+    queue_total: int = 100_000
+    queue_bytes: int = 512 * 1024 * 1024
+    queue_max_age: float = 7 * 24 * 3600.0  # seconds
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     outbox_limit: int = 4 * 1024 * 1024
     outbox_total: int = 256 * 1024 * 1024  # all outboxes' backlogs together (BacklogBudget)
@@ -72,6 +78,10 @@ class ServerConfig:
     def registry(self) -> Path:
         return self.registry_path or self.log_path.with_name("keyregistry.json")
 
+    @property
+    def user_store(self) -> Path:
+        return self.user_store_path or self.log_path.with_name("userstate.sqlite3")
+
 
 
 class ChatServer:
@@ -88,7 +98,10 @@ class ChatServer:
                                                config.registrations_per_day)
         self.registrations.seed(self.registry.registration_times())
         self.flood = FloodLedger(config.rate, config.burst, kick_after=config.flood_kick_after)
-        self.state = ChatState(self.log, server_id=self.server_id, limits={
+        self.users = UserStore(config.user_store, MailboxLimits(
+            config.queue_per_user, config.queue_total, config.queue_bytes, config.queue_max_age))
+        self.state = ChatState(self.log, self.users, server_id=self.server_id,
+                               registered_name=self._registered_name, limits={
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
             "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS})
         self.dirty: collections.deque[Connection] = collections.deque()
@@ -110,6 +123,10 @@ class ChatServer:
         self._listener = socket.create_server((config.host, config.port), backlog=1024)
         self._listener.settimeout(0.2)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
+
+    def _registered_name(self, name: str) -> str | None:
+        entry = self.registry.lookup(name)
+        return entry.username if entry is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -223,6 +240,7 @@ class ChatServer:
         self.writer.stop()
         self.crypto_pool.shutdown(wait=False)
         self.log.close()
+        self.users.close()
         log.info("stopped")
         self._stopped.set()
 
@@ -301,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=d.port, help="TCP port; 0 picks a free one (default %(default)s)")
     p.add_argument("--log", type=Path, default=d.log_path, help="message log, JSON Lines (default %(default)s)")
     p.add_argument("--registry", type=Path, help="username -> key registry (default: keyregistry.json beside the log)")
+    p.add_argument("--user-store", type=Path, help="users' rooms and waiting private messages, SQLite (default: userstate.sqlite3 beside the log)")
+    p.add_argument("--queue-per-user", type=int, default=d.queue_per_user, help="private messages kept for one offline user (default %(default)s)")
+    p.add_argument("--queue-total", type=int, default=d.queue_total, help="private messages kept for all offline users (default %(default)s)")
+    p.add_argument("--queue-bytes", type=int, default=d.queue_bytes, help="bytes of private messages kept for all offline users (default %(default)s)")
+    p.add_argument("--queue-max-age", type=float, default=d.queue_max_age, help="seconds a private message waits for its recipient before it is given up (default %(default)s: 7 days)")
     p.add_argument("--max-frame", type=int, default=d.max_frame_size, help="largest frame accepted, bytes (default %(default)s)")
     p.add_argument("--outbox-limit", type=int, default=d.outbox_limit, help="bytes queued for one client before it is dropped as a slow consumer (default %(default)s)")
     p.add_argument("--outbox-total", type=int, default=d.outbox_total, help="bytes waiting in all outboxes together (beyond 64 KiB each) before slow consumers are dropped (default %(default)s)")
@@ -325,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port, log_path=args.log, registry_path=args.registry,
+        user_store_path=args.user_store, queue_per_user=args.queue_per_user,
+        queue_total=args.queue_total, queue_bytes=args.queue_bytes,
+        queue_max_age=args.queue_max_age,
         max_frame_size=args.max_frame, outbox_limit=args.outbox_limit,
         outbox_total=args.outbox_total,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,

@@ -213,11 +213,21 @@ class Session:
             raise RegistrationLimited(f"the username cannot be registered: {refusal}")
 
     def on_message(self, frame: Frame) -> None:
-        self.server.state.post(self._me, frame["text"], frame.get("ref"))
+        self.server.state.post(self._me, frame["text"], frame.get("ref"), frame.get("room"))
 
     def on_join(self, frame: Frame) -> None:
         self.server.state.join(self._me, frame["room"])
         log.info("join %s -> %s", self._me.name, self._me.room)
+
+    def on_leave(self, frame: Frame) -> None:
+        self.server.state.leave(self._me, frame.get("room"))
+
+    def on_ack(self, frame: Frame) -> None:
+        """The client has the queued private messages `ids` (at most MAX_ACK_IDS)."""
+        ids = frame["ids"]
+        if len(ids) > MAX_ACK_IDS or not all(type(i) is int for i in ids):
+            raise ProtocolError(f'"ids" must be a list of at most {MAX_ACK_IDS} integers')
+        self.server.state.acknowledge(self._me, ids)
 
     def on_rooms(self, frame: Frame) -> None:
         self.server.state.list_rooms(self._me, frame.get("after"))
@@ -270,11 +280,14 @@ def _b64decode(value: str, field: str) -> bytes:
 
 
 _BEFORE_LOGIN = {"hello", "auth", "ping", "pong", "quit"}
+MAX_ACK_IDS = 1000
 _HANDLERS: dict[str, Callable[[Session, Frame], None]] = {
     "hello": Session.on_hello,
     "auth": Session.on_auth,
     "message": Session.on_message,
     "join": Session.on_join,
+    "leave": Session.on_leave,
+    "ack": Session.on_ack,
     "rooms": Session.on_rooms,
     "list": Session.on_list,
     "users": Session.on_users,

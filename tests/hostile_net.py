@@ -146,7 +146,8 @@ class RawPeer:
         self.send({"type": "auth", "signature": base64.b64encode(signature).decode()})
         welcome = self.wait_for(lambda f: f["type"] in ("welcome", "error"))
         assert welcome["type"] == "welcome", welcome
-        self.wait_for("joined")
+        for room in welcome.get("rooms", ["#common"]):  # a user may have left every room
+            self.wait_for(lambda f, room=room: f["type"] == "joined" and f["room"] == room)
         self.username = username
         return welcome
 

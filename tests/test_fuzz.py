@@ -57,9 +57,10 @@ ERROR_CODES = {cls.code for cls in vars(errors).values()
                if isinstance(cls, type) and issubclass(cls, errors.GapshapeError)}
 FATAL_CODES = {cls.code for cls in vars(errors).values()
                if isinstance(cls, type) and issubclass(cls, errors.GapshapeError) and cls.fatal}
-SERVER_FRAMES = {"challenge", "welcome", "joined", "message", "user_joined", "user_left",
+SERVER_FRAMES = {"challenge", "welcome", "joined", "left", "message", "user_joined", "user_left",
                  "status", "members", "rooms", "users", "key", "private", "private_sent",
-                 "error", "ping", "pong", "bye"}
+                 "private_queued", "private_delivered", "private_expired", "error", "ping",
+                 "pong", "bye"}
 
 FIXED_SEED = 0x6A95_0005
 _replay = os.environ.get("GAPSHAPE_FUZZ_SEED")
@@ -257,8 +258,9 @@ class Live:
         signature = auth.sign_login(self.keys.get(0), base64.b64decode(challenge["nonce"]),
                                     "fuzzer", challenge["server_id"])
         peer.send({"type": "auth", "signature": base64.b64encode(signature).decode()})
-        peer.wait_for("welcome")
-        peer.wait_for("joined")
+        welcome = peer.wait_for("welcome")
+        for room in welcome["rooms"]:  # fuzzed `leave` frames may have emptied the list
+            peer.wait_for(lambda f, room=room: f["type"] == "joined" and f["room"] == room)
         return peer
 
     def exchange(self, peer: RawPeer, data: bytes) -> tuple[list[dict[str, Any]], bool]:
