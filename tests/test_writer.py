@@ -107,12 +107,22 @@ def test_the_writer_serves_slow_clients_spread_over_several_sets(
     try:
         for number in range(count):
             sender.send({"type": "message", "text": text, "ref": str(number)})
-        for reader in readers:
-            got = 0
-            while got < count:
-                frame = reader.expect(lambda f: f["type"] == "message" and f["user"] == "sender")
-                assert frame["text"] == text
-                got += 1
+        received = [0] * len(readers)
+
+        def read_all(number: int) -> None:
+            while received[number] < count:
+                frame = readers[number].expect(
+                    lambda f: f["type"] == "message" and f["user"] == "sender")
+                if frame["text"] != text:
+                    return
+                received[number] += 1
+
+        threads = [threading.Thread(target=read_all, args=(n,)) for n in range(len(readers))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert received == [count] * len(readers)
     finally:
         stop_reading.set()
         for client in (*readers, sender):
