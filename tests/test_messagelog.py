@@ -708,7 +708,7 @@ def test_concurrent_writers(tmp_path: Path) -> None:
     ids = [record["id"] for record in records]
     assert sorted(ids) == list(range(1, threads * per_thread + 1))  # each exactly once
     end = 0
-    for line, record in zip(data.splitlines(keepends=True), records):
+    for line, record in zip(data.splitlines(keepends=True), records, strict=True):
         end += len(line)
         assert end <= written_by[record["id"]], "write_pending returned before its line was written"
     for number in range(threads):  # each thread's records stay in its order

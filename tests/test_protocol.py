@@ -63,7 +63,7 @@ def test_trailing_partial_frame_waits() -> None:
 @given(st.lists(st.integers(min_value=1, max_value=len(STREAM)), max_size=20))
 def test_random_chunks(cuts: list[int]) -> None:
     points = sorted(set(cuts))
-    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)])]
+    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
     decoder = FrameDecoder()
     out = []
     for piece in pieces:
