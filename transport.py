@@ -451,9 +451,11 @@ class ShardedSelector:
 
 def make_write_selector() -> selectors.BaseSelector | ShardedSelector:
     """The best selector here; where that is select() (Windows), one without its cap."""
-    if selectors.DefaultSelector is selectors.SelectSelector:
+    selector = selectors.DefaultSelector()
+    if isinstance(selector, selectors.SelectSelector):
+        selector.close()
         return ShardedSelector()
-    return selectors.DefaultSelector()
+    return selector
 
 
 class Writer:
