@@ -23,6 +23,7 @@ from server import OPEN_MAX, WANTED_FDS, fd_limit_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0
+NEEDS_RLIMIT = pytest.mark.skipif(sys.platform == "win32", reason="no descriptor limit on Windows")
 
 
 def run_server(*args: str, cwd: Path, preexec_fn: Callable[[], None] | None = None,
@@ -139,7 +140,8 @@ def test_a_missing_certificate_is_named(tmp_path: Path) -> None:
     assert f"--tls-cert {tmp_path / 'server.crt'}" in line, line
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads files whatever their mode (and Windows has no modes)")
 def test_an_unreadable_key_is_named(tmp_path: Path) -> None:
     cert, key = write_certificate(tmp_path)
     key.chmod(0)
@@ -249,6 +251,7 @@ def test_limit_candidates_step_down_from_the_best_the_system_allows() -> None:
     assert fd_limit_candidates(4096, 4096, None) == []
 
 
+@NEEDS_RLIMIT
 def test_a_low_descriptor_limit_is_reported_and_caps_max_clients(tmp_path: Path) -> None:
     import resource
 
@@ -266,6 +269,7 @@ def test_a_low_descriptor_limit_is_reported_and_caps_max_clients(tmp_path: Path)
         server.kill()
 
 
+@NEEDS_RLIMIT
 def test_a_descriptor_limit_too_low_to_serve_is_refused(tmp_path: Path) -> None:
     import resource
 
