@@ -330,9 +330,12 @@ def fit_descriptor_limit(config: ServerConfig, fd_limit: int | None) -> ServerCo
         return config
     capacity = fd_limit - FD_RESERVE
     if capacity < 1:
-        raise StartupError(
-            f"the descriptor limit is {fd_limit}, too low to serve anyone: raise it above "
-            f"{FD_RESERVE} (ulimit -n, or LimitNOFILE= in a systemd unit)")
+        # No room for a reserve: serve as many as fit; accept() then fails and backs off.
+        log.warning(
+            "descriptor limit %d: only a few clients, and new ones wait while it is used up "
+            "(raise it above %d with ulimit -n, or LimitNOFILE= in a systemd unit)",
+            fd_limit, FD_RESERVE)
+        return config
     log.info("descriptor limit %d: about %d clients", fd_limit, capacity)
     if config.max_clients <= capacity:
         return config

@@ -270,14 +270,21 @@ def test_a_low_descriptor_limit_is_reported_and_caps_max_clients(tmp_path: Path)
 
 
 @NEEDS_RLIMIT
-def test_a_descriptor_limit_too_low_to_serve_is_refused(tmp_path: Path) -> None:
+def test_a_descriptor_limit_below_the_reserve_is_reported_and_served(tmp_path: Path) -> None:
+    """No room for a reserve: --max-clients stays, and the accept loop's back-off copes."""
     import resource
 
     def tiny_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
 
-    line = refusal(run_server("--port", "0", cwd=tmp_path, preexec_fn=tiny_limit))
-    assert "descriptor limit is 40" in line and "ulimit -n" in line, line
+    server = ServerProcess("--port", "0", "--log", str(tmp_path / "log.json"), cwd=tmp_path,
+                           preexec_fn=tiny_limit)
+    try:
+        warning = server.wait_for(r"descriptor limit 40: only a few clients")
+        assert "ulimit -n" in warning and "holding at most" not in server.stderr_text()
+        server.stop()
+    finally:
+        server.kill()
 
 
 # -- the console log and SIGHUP -----------------------------------------------------------
