@@ -662,17 +662,18 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(config)
     except StartupError as exc:
         return report_startup_error(parser.prog, exc, args.verbose)
-    host, port = server.address
-    scheme = "TLS" if server.tls_context else "plain TCP"
-    print(f"Gapshape server listening on {host}:{port} ({scheme})", flush=True)
 
     def request_stop(signum: int, _frame: Any) -> None:
         server.stopping = True
 
+    # Every handler is in place before the line that tells supervisors (and tests) we run.
     signal.signal(signal.SIGINT, request_stop)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, request_stop)
     reopen_on_sighup(handler)
+    host, port = server.address
+    scheme = "TLS" if server.tls_context else "plain TCP"
+    print(f"Gapshape server listening on {host}:{port} ({scheme})", flush=True)
     server.serve_forever()
     return 0
 

@@ -299,7 +299,9 @@ def test_sighup_reopens_the_console_log_after_logrotate_moved_it(tmp_path: Path)
         rotated = tmp_path / "console.log.1"
         console.rename(rotated)  # what logrotate does, before it signals the program
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_until(lambda: "console log reopened" in read(console), "the reopened file")
+        wait_until(lambda: "console log reopened" in read(console) or server.proc.poll() is not None,
+                   "the reopened file")
+        assert server.proc.poll() is None, "SIGHUP ended the server"
         with socket.create_connection(server.address, timeout=WAIT) as peer:
             peer.sendall(b"\xff\xff\xff\xff")  # a frame far too large: logged, then closed
             assert peer.recv(4096)  # the error frame: the server has logged it by now
