@@ -738,6 +738,7 @@ def event_json(event: Event) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Gapshape terminal client.")
+    p.add_argument("--version", action="version", version="%(prog)s " + __import__("gapshape_version").__version__)
     p.add_argument("--username", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5050)

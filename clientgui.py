@@ -1097,6 +1097,7 @@ def _pairs(items: tuple[Any, ...]) -> list[tuple[Any, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Gapshape desktop client.")
+    p.add_argument("--version", action="version", version="%(prog)s " + __import__("gapshape_version").__version__)
     p.add_argument("--host", help="server address (default: the last one used, or 127.0.0.1)")
     p.add_argument("--port", type=int, help="server port (default: the last one used, or 5050)")
     p.add_argument("--username", help="your username (default: the last one used)")

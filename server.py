@@ -18,8 +18,12 @@ import _thread
 import argparse
 import collections
 import concurrent.futures
+import dataclasses
+import errno
 import hashlib
 import logging
+import logging.handlers
+import math
 import os
 import secrets
 import signal
@@ -28,13 +32,15 @@ import ssl
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from errors import GapshapeError, ServerFull
-from keyregistry import KeyRegistry
-from messagelog import MessageLog
+from gapshape_version import __version__
+from keyregistry import KeyRegistry, KeyRegistryError
+from messagelog import MessageLog, decode_line
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from floodcontrol import FloodLedger, RegistrationQuota
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
@@ -279,20 +285,96 @@ def _make_tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def raise_fd_limit() -> None:
-    """Each client holds a descriptor; lift the soft limit as far as the hard one allows."""
+FD_RESERVE = 50  # descriptors kept for the log, the registry, the listener, the writer, stdio
+WANTED_FDS = 1_048_576  # asked for when the hard limit is unlimited
+OPEN_MAX = 10_240  # macOS's OPEN_MAX: the most its setrlimit accepted on older releases
+
+
+def raise_fd_limit() -> int | None:
+    """Each client holds a descriptor: lift the soft limit as far as the system allows.
+
+    Tries the best limit first and steps down when refused (macOS refuses more than
+    kern.maxfilesperproc). Returns the soft limit in force afterwards, or None where
+    there is none (Windows); `fit_descriptor_limit` reports it and fits --max-clients."""
     try:
         import resource
-    except ImportError:  # Windows has no such limit to raise
-        return
+    except ImportError:  # Windows: sockets are not counted against a descriptor limit
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft == resource.RLIM_INFINITY:
+        return None
+    unlimited = hard == resource.RLIM_INFINITY
+    for target in fd_limit_candidates(soft, None if unlimited else hard, _system_max_files()):
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
+        except (ValueError, OSError) as exc:
+            log.debug("descriptor limit %d refused (%s); asking for less", target, exc)
+            continue
+        break
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
+
+def fd_limit_candidates(soft: int, hard: int | None, system_max: int | None) -> list[int]:
+    """Soft descriptor limits to ask for, best first, all above `soft`: the hard limit
+    (WANTED_FDS when it is unlimited, `hard` None) but no more than the system's
+    per-process maximum, then halvings of it, with OPEN_MAX among them."""
+    wanted = WANTED_FDS if hard is None else hard
+    if system_max is not None and system_max > 0:
+        wanted = min(wanted, system_max)
+    candidates = set()
+    value = wanted
+    while value > soft:
+        candidates.add(value)
+        value //= 2
+    if soft < OPEN_MAX < wanted:
+        candidates.add(OPEN_MAX)
+    return sorted(candidates, reverse=True)
+
+
+def _system_max_files() -> int | None:
+    """The most descriptors one process may have, where the system says: macOS's
+    kern.maxfilesperproc, Linux's fs.nr_open; None elsewhere or when it cannot be read."""
+    if sys.platform == "darwin":
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            value = ctypes.c_int(0)
+            size = ctypes.c_size_t(ctypes.sizeof(value))
+            if libc.sysctlbyname(b"kern.maxfilesperproc", ctypes.byref(value),
+                                 ctypes.byref(size), None, ctypes.c_size_t(0)) == 0:
+                return value.value
+        except (OSError, AttributeError):
+            pass
+        return None
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fit_descriptor_limit(config: ServerConfig, fd_limit: int | None) -> ServerConfig:
+    """Say how many clients the descriptor limit allows, and hold --max-clients to it."""
+    if fd_limit is None:
+        log.info("no descriptor limit here: up to --max-clients %d clients", config.max_clients)
+        return config
+    capacity = fd_limit - FD_RESERVE
+    if capacity < 1:
+        # No room for a reserve: serve as many as fit; accept() then fails and backs off.
+        log.warning(
+            "descriptor limit %d: only a few clients, and new ones wait while it is used up "
+            "(raise it above %d with ulimit -n, or LimitNOFILE= in a systemd unit)",
+            fd_limit, FD_RESERVE)
+        return config
+    log.info("descriptor limit %d: about %d clients", fd_limit, capacity)
+    if config.max_clients <= capacity:
+        return config
+    log.warning(
+        "--max-clients %d is more than the descriptor limit %d allows: holding at most %d "
+        "clients (raise it with ulimit -n, or LimitNOFILE= in a systemd unit)",
+        config.max_clients, fd_limit, capacity)
+    return dataclasses.replace(config, max_clients=capacity)
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives busy threads malloc arenas of their own, up to 8 per core, and each keeps
@@ -312,36 +394,120 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     mallopt(M_ARENA_MAX, arenas)
 
 
+# -- the command line ---------------------------------------------------------------------
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class StartupError(Exception):
+    """An operator's mistake found at start-up. The message is one line that names the file
+    or value and says what to do; main() prints it and exits with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (it exits with status 2, as main() does)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port: use 0 to 65535")
+    return value
+
+
+def whole_number(text: str) -> int:
+    """0 or more (0 turns a limit off)."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative: use 0 (no limit) or more")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is too small: use 1 or more")
+    return value
+
+
+MIN_FRAME_SIZE = 1024  # a login's hello carries a 3072-bit key: about 700 bytes
+
+
+def frame_size(text: str) -> int:
+    value = _whole_number(text)
+    if value < MIN_FRAME_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text} bytes cannot hold a login: use {MIN_FRAME_SIZE} or more")
+    return value
+
+
+def seconds(text: str) -> float:
+    value = _finite_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a duration: use a number of seconds above 0")
+    return value
+
+
+def rate(text: str) -> float:
+    value = _finite_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative: use 0 (no flood control) or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
-    p = argparse.ArgumentParser(description="Gapshape chat server.")
+    p = _Parser(description="Gapshape chat server.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="TCP port; 0 picks a free one (default %(default)s)")
+    p.add_argument("--port", type=port_number, default=d.port, help="TCP port; 0 picks a free one (default %(default)s)")
     p.add_argument("--log", type=Path, default=d.log_path, help="message log, JSON Lines (default %(default)s)")
     p.add_argument("--registry", type=Path, help="username -> key registry (default: keyregistry.json beside the log)")
     p.add_argument("--user-store", type=Path, help="users' rooms and waiting private messages, SQLite (default: userstate.sqlite3 beside the log)")
-    p.add_argument("--queue-per-user", type=int, default=d.queue_per_user, help="private messages kept for one offline user (default %(default)s)")
-    p.add_argument("--queue-total", type=int, default=d.queue_total, help="private messages kept for all offline users (default %(default)s)")
-    p.add_argument("--queue-bytes", type=int, default=d.queue_bytes, help="bytes of private messages kept for all offline users (default %(default)s)")
-    p.add_argument("--queue-max-age", type=float, default=d.queue_max_age, help="seconds a private message waits for its recipient before it is given up (default %(default)s: 7 days)")
-    p.add_argument("--max-frame", type=int, default=d.max_frame_size, help="largest frame accepted, bytes (default %(default)s)")
-    p.add_argument("--outbox-limit", type=int, default=d.outbox_limit, help="bytes queued for one client before it is dropped as a slow consumer (default %(default)s)")
-    p.add_argument("--outbox-total", type=int, default=d.outbox_total, help="bytes waiting in all outboxes together (beyond 64 KiB each) before slow consumers are dropped (default %(default)s)")
-    p.add_argument("--ping-interval", type=float, default=d.ping_interval, help="seconds of silence before the server pings a client (default %(default)s)")
-    p.add_argument("--ping-timeout", type=float, default=d.ping_timeout, help="seconds to wait for any answer to a ping (default %(default)s)")
-    p.add_argument("--login-timeout", type=float, default=d.login_timeout, help="seconds a new connection has to log in (default %(default)s)")
-    p.add_argument("--rate", type=float, default=d.rate, help="frames per second a client may sustain; 0 = no flood control (default %(default)s)")
-    p.add_argument("--burst", type=int, default=d.burst, help="frames a client may send at once above the rate (default %(default)s)")
-    p.add_argument("--flood-kick-after", type=float, default=d.flood_kick_after, help="a client whose frames are this many seconds ahead of the rate is disconnected (default %(default)s)")
-    p.add_argument("--max-names-per-key", type=int, default=d.max_names_per_key, help="usernames one key may register; 0 = no limit (default %(default)s)")
-    p.add_argument("--registrations-per-address", type=int, default=d.registrations_per_address, help="new usernames one IP address may register in 24 hours; 0 = no limit (default %(default)s)")
-    p.add_argument("--registrations-per-day", type=int, default=d.registrations_per_day, help="new usernames the server registers in 24 hours; 0 = no limit (default %(default)s)")
-    p.add_argument("--max-clients", type=int, default=d.max_clients, help="connections the server holds at once (default %(default)s)")
-    p.add_argument("--max-per-address", type=int, default=d.max_per_address, help="connections from one IP address (default %(default)s)")
+    p.add_argument("--queue-per-user", type=at_least_one, default=d.queue_per_user, help="private messages kept for one offline user (default %(default)s)")
+    p.add_argument("--queue-total", type=at_least_one, default=d.queue_total, help="private messages kept for all offline users (default %(default)s)")
+    p.add_argument("--queue-bytes", type=at_least_one, default=d.queue_bytes, help="bytes of private messages kept for all offline users (default %(default)s)")
+    p.add_argument("--queue-max-age", type=seconds, default=d.queue_max_age, help="seconds a private message waits for its recipient before it is given up (default %(default)s: 7 days)")
+    p.add_argument("--max-frame", type=frame_size, default=d.max_frame_size, help="largest frame accepted, bytes (default %(default)s)")
+    p.add_argument("--outbox-limit", type=at_least_one, default=d.outbox_limit, help="bytes queued for one client before it is dropped as a slow consumer (default %(default)s)")
+    p.add_argument("--outbox-total", type=at_least_one, default=d.outbox_total, help="bytes waiting in all outboxes together (beyond 64 KiB each) before slow consumers are dropped (default %(default)s)")
+    p.add_argument("--ping-interval", type=seconds, default=d.ping_interval, help="seconds of silence before the server pings a client (default %(default)s)")
+    p.add_argument("--ping-timeout", type=seconds, default=d.ping_timeout, help="seconds to wait for any answer to a ping (default %(default)s)")
+    p.add_argument("--login-timeout", type=seconds, default=d.login_timeout, help="seconds a new connection has to log in (default %(default)s)")
+    p.add_argument("--rate", type=rate, default=d.rate, help="frames per second a client may sustain; 0 = no flood control (default %(default)s)")
+    p.add_argument("--burst", type=at_least_one, default=d.burst, help="frames a client may send at once above the rate (default %(default)s)")
+    p.add_argument("--flood-kick-after", type=seconds, default=d.flood_kick_after, help="a client whose frames are this many seconds ahead of the rate is disconnected (default %(default)s)")
+    p.add_argument("--max-names-per-key", type=whole_number, default=d.max_names_per_key, help="usernames one key may register; 0 = no limit (default %(default)s)")
+    p.add_argument("--registrations-per-address", type=whole_number, default=d.registrations_per_address, help="new usernames one IP address may register in 24 hours; 0 = no limit (default %(default)s)")
+    p.add_argument("--registrations-per-day", type=whole_number, default=d.registrations_per_day, help="new usernames the server registers in 24 hours; 0 = no limit (default %(default)s)")
+    p.add_argument("--max-clients", type=at_least_one, default=d.max_clients, help="connections the server holds at once (default %(default)s)")
+    p.add_argument("--max-per-address", type=at_least_one, default=d.max_per_address, help="connections from one IP address (default %(default)s)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (if not in the same file)")
+    p.add_argument("--console-log", type=Path, metavar="FILE", help="write the console log to FILE instead of stderr; SIGHUP reopens it (logrotate)")
     p.add_argument("--forget-user", metavar="NAME", help="operator: remove NAME's key registration (lost key) and exit")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--verbose", action="store_true", help="debug logging, and tracebacks with start-up errors")
     return p
 
 
@@ -363,37 +529,209 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
-    )
+# -- start-up -----------------------------------------------------------------------------
+
+def setup_logging(console_log: Path | None, verbose: bool) -> logging.Handler:
+    """The console log on stderr, or in `console_log` (a WatchedFileHandler: logrotate may
+    move it; SIGHUP reopens it, see `reopen_on_sighup`)."""
+    handler: logging.Handler
+    if console_log is None:
+        handler = logging.StreamHandler()
+    else:
+        try:
+            handler = logging.handlers.WatchedFileHandler(console_log, encoding="utf-8")
+        except OSError as exc:
+            raise StartupError(
+                f"cannot write --console-log {console_log}: {exc.strerror}: check that its "
+                "folder exists and that the server may write there") from exc
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
+                        force=True)
     # Thread names are not in our format, and asking for one on a bare connection thread
     # would make threading keep a dummy Thread object for it.
     logging.logThreads = False
-    config = config_from_args(args)
-    if args.forget_user:
-        removed = KeyRegistry(config.registry).forget(args.forget_user)
-        print(f"{args.forget_user}: {'registration removed' if removed else 'was not registered'}")
-        return 0
-    raise_fd_limit()
+    return handler
+
+
+def reopen_on_sighup(handler: logging.Handler) -> None:
+    """SIGHUP reopens a console log file, so that logrotate can move it away."""
+    if not isinstance(handler, logging.handlers.WatchedFileHandler) or not hasattr(signal, "SIGHUP"):
+        return
+
+    def reopen() -> None:
+        try:
+            stream = open(handler.baseFilename, "a", encoding="utf-8")
+        except OSError as exc:
+            log.error("SIGHUP: cannot reopen the console log %s: %s; writing on in the old file",
+                      handler.baseFilename, exc.strerror)
+            return
+        old = handler.setStream(stream)
+        if old is not None:
+            old.close()
+        log.info("SIGHUP: console log reopened")
+
+    def on_sighup(signum: int, _frame: Any) -> None:
+        # Not in the handler itself: the main thread may be inside the log handler's lock.
+        threading.Thread(target=reopen, name="gapshape-sighup", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_sighup)
+
+
+def check_files(config: ServerConfig) -> None:
+    """Refuse, with a StartupError naming it, any file the server could not use."""
+    _check_data_file(config.log_path, "--log")
+    _check_is_gapshape_log(config.log_path)
+    _check_data_file(config.registry, "--registry" if config.registry_path else
+                     "--registry (beside --log)")
+    if config.tls_key is not None and config.tls_cert is None:
+        raise StartupError(f"--tls-key {config.tls_key} needs --tls-cert: give both, or neither")
+    if config.tls_cert is not None:
+        _check_tls_files(config.tls_cert, config.tls_key)
+
+
+def _check_data_file(path: Path, option: str) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise StartupError(f"{option} {path}: the folder {folder} does not exist: create it, "
+                           "or choose another path")
+    if path.is_dir():
+        raise StartupError(f"{option} {path} is a folder: give a file name")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StartupError(f"{option} {path}: not readable and writable by this user: check "
+                           "its owner and permissions")
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise StartupError(f"{option} {path}: cannot create files in {folder}: check its owner "
+                           "and permissions, or choose another path")
+
+
+LOG_SNIFF_SIZE = 1 << 20  # a log record is far shorter than this: its first line is here
+
+
+def _check_is_gapshape_log(path: Path) -> None:
+    """A non-empty --log must begin with a Gapshape record: the server appends to it and
+    cuts off what it cannot read, so it must not be handed someone else's file."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(LOG_SNIFF_SIZE)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot read --log {path}: {exc.strerror}") from exc
+    if not head:
+        return
+    first, newline, _ = head.partition(b"\n")
+    record = decode_line(first) if newline else None
+    ours = (isinstance(record, dict) and isinstance(record.get("event"), str)
+            and isinstance(record.get("time"), str))
+    # A first line without its newline is a torn first write, which the log repairs itself.
+    torn_first_write = not newline and len(head) < LOG_SNIFF_SIZE and head.startswith(b'{"')
+    if not ours and not torn_first_write:
+        raise StartupError(f"--log {path} is not a Gapshape message log (its first line is not "
+                           "a log record): choose another file, or move this one away")
+
+
+def _check_tls_files(cert: Path, key: Path | None) -> None:
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StartupError(f"cannot read {option} {path}: {exc.strerror}: check the path "
+                               "and that the server may read it") from exc
+        if option == "--tls-cert" and b"-----BEGIN CERTIFICATE-----" not in data:
+            raise StartupError(f"--tls-cert {path} holds no PEM certificate (-----BEGIN "
+                               "CERTIFICATE-----): give the certificate chain file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    def no_passphrase() -> bytes:
+        raise StartupError(f"the TLS key {key or cert} is protected by a passphrase: give the "
+                           "server an unencrypted key file that only it can read")
+
+    try:
+        context.load_cert_chain(str(cert), str(key or cert), password=no_passphrase)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"cannot use --tls-cert {cert} with the key {key or cert}: {exc.reason or exc}: both "
+            "must be PEM files, and the key must be the certificate's") from exc
+
+
+def start_server(config: ServerConfig) -> ChatServer:
+    """Check the configuration and open the server, or raise StartupError saying why not."""
+    check_files(config)
+    config = fit_descriptor_limit(config, raise_fd_limit())
     limit_malloc_arenas()
     threading.stack_size(THREAD_STACK_SIZE)
-    server = ChatServer(config)
-    host, port = server.address
-    scheme = "TLS" if server.tls_context else "plain TCP"
-    print(f"Gapshape server listening on {host}:{port} ({scheme})", flush=True)
+    try:
+        return ChatServer(config)
+    except KeyRegistryError as exc:
+        raise StartupError(str(exc)) from exc
+    except OSError as exc:
+        raise StartupError(_describe_os_error(exc, config)) from exc
+
+
+# What binding to an address this machine does not have fails with (create_server hands a
+# name that does not resolve on as a plain OSError with the resolver's code).
+_NOT_HERE = {errno.EADDRNOTAVAIL, socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def _describe_os_error(exc: OSError, config: ServerConfig) -> str:
+    where = f"{config.host}:{config.port}"
+    if exc.filename is not None:
+        return f"cannot open {exc.filename}: {exc.strerror}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the address is already in use (another server?): "
+                "stop that program, or choose another --port")
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on {where}: permission denied (ports below 1024 need "
+                "privileges): choose another --port")
+    if exc.errno in _NOT_HERE or isinstance(exc, socket.gaierror):
+        return (f"cannot listen on {where}: {config.host} is not an address of this machine: "
+                "use 127.0.0.1, 0.0.0.0 or one of its addresses or names")
+    return f"cannot start the server on {where}: {exc.strerror or exc}"
+
+
+def forget_user(config: ServerConfig, username: str) -> int:
+    try:
+        removed = KeyRegistry(config.registry).forget(username)
+    except KeyRegistryError as exc:
+        raise StartupError(str(exc)) from exc
+    print(f"{username}: {'registration removed' if removed else 'was not registered'}")
+    return 0
+
+
+def report_startup_error(prog: str, exc: StartupError, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exception(exc)
+    print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        handler = setup_logging(args.console_log, args.verbose)
+        config = config_from_args(args)
+        if args.forget_user:
+            return forget_user(config, args.forget_user)
+        server = start_server(config)
+    except StartupError as exc:
+        return report_startup_error(parser.prog, exc, args.verbose)
 
     def request_stop(signum: int, _frame: Any) -> None:
         server.stopping = True
 
+    # Every handler is in place before the line that tells supervisors (and tests) we run.
     signal.signal(signal.SIGINT, request_stop)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, request_stop)
+    reopen_on_sighup(handler)
+    host, port = server.address
+    scheme = "TLS" if server.tls_context else "plain TCP"
+    print(f"Gapshape server listening on {host}:{port} ({scheme})", flush=True)
     server.serve_forever()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

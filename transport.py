@@ -455,7 +455,81 @@ class Connection:
 
 
 
-PRESENCE_DELAY = 0.05  # seconds arrivals and departures may wait to share a send
+# Windows' select() takes at most 512 sockets per call (CPython's FD_SETSIZE there); a
+# selector over select() holds at most this many, and the writer spreads its sockets over
+# as many of them as it needs.
+SELECT_SET_SIZE = 500
+SHARD_POLL_INTERVAL = 0.01  # seconds; how late a socket beyond the first set may be seen
+
+
+class ShardedSelector:
+    """Several select()-based selectors behind one: no limit on how many sockets it watches.
+
+    With one set (the common case) `select` is that set's select. With more, nothing can
+    wait on all the sets at once, so it polls every set without waiting, and, when none is
+    ready, waits on the first one (which holds the writer's wake-up socket) for at most
+    SHARD_POLL_INTERVAL before polling again."""
+
+    def __init__(self, set_size: int = SELECT_SET_SIZE) -> None:
+        if set_size < 1:
+            raise ValueError("set_size must be at least 1")
+        self.set_size = set_size
+        self.shards: list[selectors.SelectSelector] = []
+        self._shard_of: dict[Any, selectors.SelectSelector] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if fileobj in self._shard_of:
+            raise KeyError(f"{fileobj!r} is already registered")
+        shard = next((s for s in self.shards if len(s.get_map()) < self.set_size), None)
+        if shard is None:
+            shard = selectors.SelectSelector()
+            self.shards.append(shard)
+        key = shard.register(fileobj, events, data)
+        self._shard_of[fileobj] = shard
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        shard = self._shard_of.pop(fileobj)
+        return shard.unregister(fileobj)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        # Windows' select() refuses three empty lists, so sets emptied by unregister are
+        # left out (the first set keeps the writer's wake-up socket for good).
+        shards = [shard for shard in self.shards if shard.get_map()]
+        if len(shards) <= 1:
+            return shards[0].select(timeout) if shards else []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ready = self._poll(shards)
+            if ready:
+                return ready
+            wait = SHARD_POLL_INTERVAL
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return []
+            ready = shards[0].select(wait)
+            if ready:
+                return ready + self._poll(shards[1:])
+
+    @staticmethod
+    def _poll(shards: list[selectors.SelectSelector]) -> list[tuple[selectors.SelectorKey, int]]:
+        return [event for shard in shards for event in shard.select(0)]
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+        self.shards.clear()
+        self._shard_of.clear()
+
+
+def make_write_selector() -> selectors.BaseSelector | ShardedSelector:
+    """The best selector here; where that is select() (Windows), one without its cap."""
+    selector = selectors.DefaultSelector()
+    if isinstance(selector, selectors.SelectSelector):
+        selector.close()
+        return ShardedSelector()
+    return selector
 
 
 class Writer:
@@ -467,7 +541,7 @@ class Writer:
 
     def __init__(self, server: ChatServer) -> None:
         self.server = server
-        self._selector = selectors.DefaultSelector()
+        self._selector = make_write_selector()
         self._incoming: collections.deque[Connection] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -501,13 +575,22 @@ class Writer:
             pass
 
     def _run(self) -> None:
-        while self._running:
-            self._register_incoming()
-            try:
-                self._send_ready(self._next_timeout())
-                self._send_presence()
-            except Exception:  # e.g. the log's disk is full: keep the writer alive, say so
-                log.exception("the writer thread hit an error; going on")
+        try:
+            while self._running:
+                self._register_incoming()
+                try:
+                    self._send_ready(self._next_timeout())
+                    self._send_presence()
+                except Exception:  # e.g. the log's disk is full: keep the writer alive, say so
+                    log.exception("the writer thread hit an error; going on")
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        """Release the selector and the wake-up pair (the thread that used them is ending)."""
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _next_timeout(self) -> float:
         if not self._later:

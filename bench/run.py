@@ -123,7 +123,7 @@ class Row:
         if self.g is None or not self.b:
             return None
         if len(self.gapshape) == len(self.baseline) > 1 and all(self.baseline):
-            return statistics.median(g / b for g, b in zip(self.gapshape, self.baseline))
+            return statistics.median(g / b for g, b in zip(self.gapshape, self.baseline, strict=True))
         return self.g / self.b
 
     @property
@@ -444,12 +444,13 @@ def idle_rows(bench: Bench, n: int) -> list[Row]:
 
 def crypto_rows(settings: Settings) -> list[Row]:
     """crypto.seal/open_envelope against the bare pycryptodome calls they are built from."""
-    import crypto
     from Crypto.Cipher import AES, PKCS1_OAEP
     from Crypto.Hash import SHA256
     from Crypto.PublicKey import RSA
     from Crypto.Random import get_random_bytes
     from Crypto.Signature import pss
+
+    import crypto
 
     sender = RSA.import_key(make_key()[0])
     recipient = RSA.import_key(make_key()[0])
@@ -501,8 +502,8 @@ def crypto_rows(settings: Settings) -> list[Row]:
             for _ in range(per_round):
                 function()
             timings[name].append((time.perf_counter() - started) / per_round * 1e3)
-    both = [s + o for s, o in zip(timings["seal"], timings["open"])]
-    bare_both = [s + o for s, o in zip(timings["bare_seal"], timings["bare_open"])]
+    both = [s + o for s, o in zip(timings["seal"], timings["open"], strict=True)]
+    bare_both = [s + o for s, o in zip(timings["bare_seal"], timings["bare_open"], strict=True)]
     notes = {"rounds": rounds, "ops_per_round": per_round, "key_bits": sender.size_in_bits()}
     rate = lambda values: [1e3 / v for v in values]  # noqa: E731 - ms per op -> ops per s
     return [

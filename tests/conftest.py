@@ -91,6 +91,16 @@ class Recorder:
             return [e for e in self.events if isinstance(e, kind)]
 
 
+@pytest.fixture(autouse=True)
+def close_raw_clients() -> Iterator[None]:
+    """Close the raw protocol sockets a test left open (they would leak until collected)."""
+    yield
+    from rawclient import RawClient
+
+    for client in list(RawClient.open_clients):
+        client.close()
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start in-process servers on 127.0.0.1, port 0; all are stopped at teardown."""

@@ -245,3 +245,5 @@ class ServerProcess:
             self.proc.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
         self.proc.wait(WAIT)
         self._reader.join(WAIT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

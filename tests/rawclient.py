@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import socket
 import time
+import weakref
 from typing import Any, Callable
 
 import auth
@@ -13,8 +14,12 @@ from protocol import PROTOCOL_VERSION, FrameDecoder, encode_frame
 class RawClient:
     """A socket speaking Gapshape frames by hand, with timed waits for frames."""
 
+    # Every client not yet closed: conftest closes them after each test.
+    open_clients: weakref.WeakSet[RawClient] = weakref.WeakSet()
+
     def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
+        RawClient.open_clients.add(self)
         self.decoder = FrameDecoder(max_frame_size=1 << 24)
         self.timeout = timeout
         self.frames: list[dict[str, Any]] = []
@@ -75,3 +80,4 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+        RawClient.open_clients.discard(self)

@@ -27,7 +27,7 @@ import crypto
 from crypto import CryptoError, DecryptionError, Envelope, open_envelope, seal
 
 DATA = Path(__file__).parent / "data"
-PLAINTEXT = "Meet at the café at nine ☕".encode("utf-8")
+PLAINTEXT = "Meet at the café at nine ☕".encode()
 SENT_AT = "2026-11-29T19:40:00.123Z"
 MESSAGE_ID = "0123456789abcdef0123456789abcdef"
 BYTES_FIELDS = ("wrapped_key", "nonce", "ciphertext", "tag", "signature")

@@ -361,6 +361,9 @@ def test_login_handlers_answer_arbitrary_fields_on_a_fresh_connection(
         assert reply.get("type") in SERVER_FRAMES and reply["type"] != "welcome", (frame, reply)
         if reply["type"] == "error":
             assert reply.get("code") in ERROR_CODES, reply
+    # The connection ends exactly when the server said it would: a goodbye or a fatal error.
+    ended = any(r["type"] == "bye" or r.get("code") in FATAL_CODES for r in answer)
+    assert open_ is not ended, (frame, answer, open_)
     live.bystander_is_served()
     assert not tracebacks(caplog.records[seen:]), frame
 

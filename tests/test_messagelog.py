@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -191,21 +191,60 @@ def test_write_pending_waits_for_a_write_in_progress(
         release.wait(10)
         return real_write(fd, data)
 
+    # Whichever comes first: the follower waits for the write lock, or it returns.
+    arrived = threading.Event()
+    write_lock = ObservedLock(log._write_lock, on_contended=arrived.set)
+    monkeypatch.setattr(log, "_write_lock", write_lock)
     monkeypatch.setattr(messagelog.os, "write", slow_write)
     log.append(message(1))  # B's line
     leader = threading.Thread(target=log.write_pending)
     leader.start()
     assert writing.wait(10)
     follower_done = threading.Event()
-    follower = threading.Thread(target=lambda: (log.write_pending(), follower_done.set()))
-    follower.start()
-    returned_early = follower_done.wait(0.3)
+
+    def follower() -> None:
+        log.write_pending()
+        follower_done.set()
+        arrived.set()
+
+    follower_thread = threading.Thread(target=follower)
+    follower_thread.start()
+    assert arrived.wait(10)
+    returned_early = follower_done.is_set()
     release.set()
-    leader.join()
-    follower.join()
-    assert not returned_early
+    leader.join(10)
+    follower_thread.join(10)
+    assert not returned_early and write_lock.contended
+    assert follower_done.is_set()
     log.close()
     assert read_records(log.path) == [message(1)]
+
+
+class ObservedLock:
+    """A real lock that reports a thread having to wait for it (no timing guesses)."""
+
+    def __init__(self, lock: Any, on_contended: Callable[[], None]) -> None:
+        self._lock = lock
+        self._on_contended = on_contended
+        self.contended = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.contended = True
+        self._on_contended()
+        return bool(self._lock.acquire(True, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def test_a_checkpoint_holds_only_what_is_in_the_file(
@@ -708,7 +747,7 @@ def test_concurrent_writers(tmp_path: Path) -> None:
     ids = [record["id"] for record in records]
     assert sorted(ids) == list(range(1, threads * per_thread + 1))  # each exactly once
     end = 0
-    for line, record in zip(data.splitlines(keepends=True), records):
+    for line, record in zip(data.splitlines(keepends=True), records, strict=True):
         end += len(line)
         assert end <= written_by[record["id"]], "write_pending returned before its line was written"
     for number in range(threads):  # each thread's records stay in its order
