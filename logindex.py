@@ -89,18 +89,11 @@ class MessageIndex:
         if not path.exists():
             return cls._create(path), "no index"
         try:
-            writer = _connect(path)
-            try:
-                problem = _check_format(writer)
-            except BaseException:
-                writer.close()
-                raise
+            problem = _check_file(path)
         except sqlite3.DatabaseError as error:
             problem = f"not an SQLite database ({error})"
-        else:
-            if problem is None:
-                return cls(path, writer), None
-            writer.close()
+        if problem is None:
+            return cls(path, _connect(path)), None
         _move_aside(path)
         return cls._create(path), f"{problem}; moved aside to {path.name}.bad"
 
@@ -224,8 +217,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def _check_file(path: Path) -> str | None:
+    """Why the file is not a usable index, or None (raises DatabaseError if damaged).
+
+    Opened read-only and without changing its journal mode, so that a file that turns out
+    to be someone else's database is moved aside exactly as it was.
+    """
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return _check_format(connection)
+    finally:
+        connection.close()
+
+
 def _check_format(connection: sqlite3.Connection) -> str | None:
-    """Why the database is not a usable index, or None (raises DatabaseError if damaged)."""
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     if not {"meta", "messages", "rooms", "messages_by_room"} <= tables:
         return "not a message log index (other tables)"

@@ -134,7 +134,7 @@ ANCHOR_SIZE = 4096  # bytes hashed at the start of the log and right before the 
 
 HISTORY_BUDGET = 16 * 2**20  # bytes of room history kept in memory, by default
 ROOM_OVERHEAD = 1024  # bytes a room in memory costs besides its lines and its name
-LINE_OVERHEAD = 64  # bytes a line costs besides sys.getsizeof(line): two list slots, its id
+LINE_OVERHEAD = 80  # bytes a line costs besides sys.getsizeof(line): two list slots, its id
 MAX_PAGE = 100  # the most records one history_before call returns
 INDEX_BATCH = 1000  # written lines that wake the background thread to index them
 INDEX_DELAY = 0.5  # seconds a written line waits at most before it is indexed
