@@ -75,7 +75,7 @@ log with the same two fingerprints as the checkpoint. `history_before(room, befo
 limit)` is one seek in its (room, id) index plus one `pread` per record, so a page costs
 the same on a log of 10,000,000 lines as on one of 100; every record read back is checked
 to be the message the index names. Index rows are written by the background thread, in
-one transaction per batch (`index_batch` lines, or `index_delay` seconds after a write),
+one transaction per batch (`index_batch` = 10,000 lines, or `index_delay` = 0.5 s after a write),
 never by `append` and never with an fsync per message; until then the written entries
 wait in memory (at most `MAX_UNINDEXED`: past that, `write_pending` writes them itself).
 
@@ -136,9 +136,9 @@ HISTORY_BUDGET = 16 * 2**20  # bytes of room history kept in memory, by default
 ROOM_OVERHEAD = 1024  # bytes a room in memory costs besides its lines and its name
 LINE_OVERHEAD = 80  # bytes a line costs besides sys.getsizeof(line): two list slots, its id
 MAX_PAGE = 100  # the most records one history_before call returns
-INDEX_BATCH = 1000  # written lines that wake the background thread to index them
+INDEX_BATCH = 10_000  # written lines that wake the background thread to index them
 INDEX_DELAY = 0.5  # seconds a written line waits at most before it is indexed
-MAX_UNINDEXED = 20_000  # past this many waiting entries, write_pending indexes them itself
+MAX_UNINDEXED = 30_000  # past this many waiting entries, write_pending indexes them itself
 SCAN_CHUNK = 10_000  # index rows inserted at a time while catching up at open
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
@@ -872,7 +872,8 @@ class MessageLog:
             if scan.good_end < scan.end:
                 self._cut_torn_tail(reader, scan)
         self._offset = self._written_offset = scan.good_end
-        catch_up.finish(scan.good_end, _fingerprints(self._read_fd, scan.good_end))
+        cut = scan.good_end < scan.end or index_problem is not None and index_used
+        catch_up.finish(scan.good_end, _fingerprints(self._read_fd, scan.good_end), cut)
         if skipped:
             logger.warning(
                 "%s: skipped %d bad line(s) in the middle of the log, first at byte %d",
@@ -920,11 +921,9 @@ class MessageLog:
         index = self._index
         assert index is not None
         covered = index.covered
-        index.drop_from(size)
-        last = index.last_entry()
+        last = index.drop_from(size)
         if last is not None and last[2] + last[3] > size:  # its line was cut in half
-            index.drop_from(last[2])
-            last = index.last_entry()
+            last = index.drop_from(last[2])
         head_ok = size < ANCHOR_SIZE or covered < ANCHOR_SIZE or (
             _fingerprints(self._read_fd, ANCHOR_SIZE)[0] == index.head_sha256)
         if last is None or not head_ok or not self._entry_in_log(last):
@@ -1006,12 +1005,13 @@ class _CatchUp:
             if len(self._rows) >= SCAN_CHUNK:
                 self._insert()
 
-    def finish(self, good_end: int, fingerprints: tuple[str, str]) -> None:
-        """Insert the rest, drop rows past the log's end (a cut tail), commit."""
+    def finish(self, good_end: int, fingerprints: tuple[str, str], cut: bool) -> None:
+        """Insert the rest, drop rows past the log's end if it was `cut`, commit."""
         if self.index is None:
             return
         self._insert()
-        self.index.drop_from(good_end)
+        if cut:
+            self.index.drop_from(good_end)
         self.index.commit(good_end, *fingerprints)
 
     def _insert(self) -> None:
