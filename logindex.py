@@ -312,7 +312,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     # The index is rebuilt from the log after a crash, so it never needs an fsync per
     # commit: NORMAL syncs only when the WAL is folded back into the database.
-    connection.execute("PRAGMA synchronous=OFF")
+    connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return connection
 

@@ -69,15 +69,20 @@ progress with it).
 
 Index
 -----
-`<path>.index` is an SQLite database (format in `logindex`'s docstring) with one row
-(offset, room, id, length) per "message" line, and the byte offset up to which it covers the
-log with the same two fingerprints as the checkpoint. `history_before(room, before_id,
-limit)` is one seek in its (room, id) index plus one `pread` per record, so a page costs
-the same on a log of 10,000,000 lines as on one of 100; every record read back is checked
-to be the message the index names. Index rows are written by the background thread, in
-one transaction per batch (`index_batch` = 10,000 lines, or `index_delay` = 0.5 s after a write),
-never by `append` and never with an fsync per message; until then the written entries
-wait in memory (at most `MAX_UNINDEXED`: past that, `write_pending` writes them itself).
+`<path>.index` is an SQLite database (format in `logindex`'s docstring) that lists, room by
+room, the id, byte offset and length of every "message" line, in blocks of up to 64, and
+the byte offset up to which it covers the log, with the same two fingerprints as the
+checkpoint. `history_before(room, before_id, limit)` is one seek in its (room, min_id)
+index, a walk over the first few blocks, and one `pread` per record, so a page costs the
+same on a log of 10,000,000 lines as on one of 100; every record read back is checked to
+be the message the index names (a mismatch is skipped with a warning). Index rows are
+written by the background thread, one transaction per batch (`index_batch` = 10,000
+lines, or `index_delay` = 0.5 s after a write), never by `append` and never with an fsync per
+message (SQLite's WAL with synchronous=NORMAL: an fsync only when the WAL is folded back
+into the database, in the background thread; a power cut loses at most the last
+transactions, which the next open catches up from the log); until
+then the written entries wait in memory, where pages find them too (at most
+`MAX_UNINDEXED`: past that, `write_pending` indexes them itself).
 
 At open the index is checked like the checkpoint, then caught up from its offset with the
 lines after it. A missing, damaged (not SQLite) or foreign index is rebuilt from the whole
@@ -685,8 +690,9 @@ class MessageLog:
                 serving = self._idle_requested
             try:
                 self._index_waiting()
-            except Exception:  # the thread must live on: log it, retry next round
+            except Exception:  # the thread must live on: log it, retry a little later
                 logger.exception("cannot write the index %s", self.index_path)
+                time.sleep(self._index_delay)
             if request is not None:
                 self._write_checkpoint(request, durable=False)
             with self._background:

@@ -1089,3 +1089,23 @@ def test_rooms_pages_through_memory_and_index(tmp_path: Path) -> None:
         assert log.rooms(limit=10) == names[:10]
         assert log.rooms(after="room050", limit=5) == names[51:56]
         assert log.rooms(after="room119") == []
+
+
+def test_pages_are_exact_when_ids_come_out_of_order(tmp_path: Path) -> None:
+    # The server appends in id order, but a caller need not: a block that began below
+    # another may still hold a larger id, and the page must find it.
+    path = tmp_path / "log.json"
+    log = MessageLog(path)
+    for batch in ([1, 30], [10, 11], [5, 40, 2]):
+        for record_id in batch:
+            log.append(message(record_id, "r", f"n {record_id}"))
+        log.write_pending()
+        assert log.wait_idle(10)  # each batch becomes its own block
+    ids = [1, 2, 5, 10, 11, 30, 40]
+    for before, limit in [(None, 2), (31, 2), (30, 3), (11, 100), (3, 1), (None, 100)]:
+        below = [record_id for record_id in ids if before is None or record_id < before]
+        expected = [message(record_id, "r", f"n {record_id}") for record_id in below[-limit:]]
+        assert log.history_before("r", before, limit) == expected, (before, limit)
+    log.close()
+    with MessageLog(path) as reopened:
+        assert [record["id"] for record in reopened.history_before("r", None, 3)] == [11, 30, 40]
