@@ -172,22 +172,25 @@ class MessageIndex:
     def add(self, entries: Iterable[IndexEntry]) -> None:
         """Add entries (room, id, offset, length) in log order, inside the open transaction:
         a block row per room (per BLOCK entries) and an update of its `rooms` row."""
-        by_room: dict[str, list[Located]] = {}
-        for room, record_id, offset, length in entries:
-            if record_id <= MAX_SQLITE_INT:
-                by_room.setdefault(room, []).append((record_id, offset, length))
+        # This runs in the log's background thread holding the GIL, which the appending
+        # thread then waits for: keep the work per entry to a few C-level steps.
+        by_room: dict[str, list[IndexEntry]] = {}
+        for entry in entries:
+            if entry[1] <= MAX_SQLITE_INT:
+                by_room.setdefault(entry[0], []).append(entry)
         if not by_room:
             return
         blocks, rooms = [], []
         for room, located in by_room.items():
             key = room_key(room)
-            ids = [entry[0] for entry in located]
-            disordered = any(later < earlier for earlier, later in zip(ids, ids[1:]))
-            rooms.append((key, max(ids), int(disordered), min(ids)))
+            ids = [entry[1] for entry in located]
+            ordered = sorted(ids)
+            rooms.append((key, ordered[-1], int(ids != ordered), ordered[0]))
             for start in range(0, len(located), BLOCK):
                 chunk = located[start:start + BLOCK]
-                blocks.append((key, *_id_range(chunk), chunk[0][1], chunk[-1][1], len(chunk),
-                               flat(chunk)))
+                chunk_ids = ids[start:start + BLOCK]
+                blocks.append((key, min(chunk_ids), max(chunk_ids), chunk[0][2], chunk[-1][2],
+                               len(chunk), [value for entry in chunk for value in entry[1:]]))
         with self._write_lock:
             self._writer.execute(_INSERT_BLOCKS, (json.dumps(blocks),))
             self._writer.execute(_UPDATE_ROOMS, (json.dumps(rooms),))
