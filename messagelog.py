@@ -327,8 +327,11 @@ class _Room:
         self.complete = False
 
 
+_BYTES_HEADER = sys.getsizeof(b"")  # sys.getsizeof(line) == _BYTES_HEADER + len(line)
+
+
 def _line_cost(line: bytes) -> int:
-    return sys.getsizeof(line) + LINE_OVERHEAD
+    return _BYTES_HEADER + len(line) + LINE_OVERHEAD
 
 
 class MessageLog:
@@ -774,11 +777,11 @@ class MessageLog:
             self._history_bytes += room.size
         else:
             self._history.move_to_end(name)
-        added = _line_cost(line)
+        added = _BYTES_HEADER + len(line) + LINE_OVERHEAD  # _line_cost, inlined: hot path
         room.lines.append(line)
         room.ids.append(record_id)
         if len(room.lines) > self._history_size:
-            added -= _line_cost(room.lines.pop(0))
+            added -= _BYTES_HEADER + len(room.lines.pop(0)) + LINE_OVERHEAD
             room.ids.pop(0)
             room.complete = True
         room.size += added

@@ -15,7 +15,8 @@ What it measures, on a log in a temporary directory (or --dir):
     rebuilds <log>.index).
   * Scrollback: `history_before(room, before_id, 100)` at random rooms and ids, a page of
     100 messages each, on the --entries-line log (100 rooms) and on a 1,000-line log
-    (5 rooms, so that its pages are full too), both indexed and in the page cache.
+    (5 rooms, so that its pages are full too), both indexed and in the page cache, one
+    page of each in turn.
   * With --baseline PATH (another messagelog.py, e.g. `git show COMMIT:messagelog.py`):
     the append costs of that implementation and of this one, on fresh logs, in turns.
 This is a script, not a test: it asserts nothing.
@@ -146,41 +147,41 @@ SMALL_LOG = 1_000
 SMALL_ROOMS = 5
 
 
-def page_latency_us(path: Path, entries: int, rooms: int, pages: int) -> dict[str, float]:
-    """Microseconds per history_before(room, before_id, 100) at random rooms and ids whose
-    page is full, on an indexed log of `entries` lines (written by generate_log)."""
+def page_targets(entries: int, rooms: int, pages: int) -> list[tuple[str, int]]:
+    """Random (room, before_id) whose page of 100 is full, in a log from generate_log."""
     chooser = random.Random(entries)
-    with MessageLog(path) as log:
-        log.wait_idle()
-        # generate_log gives some rooms only joins; the others have at least 3 messages in
-        # 4 of their ids, so 100 of them below `lowest`: every page is full.
-        talking = [room for room in range(rooms)
-                   if any(n % 20 not in (0, 1) for n in range(room, room + 20 * rooms, rooms))]
-        lowest = PAGE * rooms * 3 // 2
-        targets = [(f"room{chooser.choice(talking)}", chooser.randrange(lowest, entries + 1))
-                   for _ in range(pages)]
-        for room, before in targets[:50]:  # warm up the index's pages
-            log.history_before(room, before, PAGE)
-        times, sizes = [], []
-        for room, before in targets:
-            started = time.perf_counter()
-            page = log.history_before(room, before, PAGE)
-            times.append(time.perf_counter() - started)
-            sizes.append(len(page))
-    return {"median_us": statistics.median(times) * 1e6,
-            "mean_us": statistics.fmean(times) * 1e6, "mean_records": statistics.fmean(sizes)}
+    # generate_log gives some rooms only joins; the others have at least 3 messages in 4 of
+    # their ids, so 100 of them below `lowest`: every page is full.
+    talking = [room for room in range(rooms)
+               if any(n % 20 not in (0, 1) for n in range(room, room + 20 * rooms, rooms))]
+    lowest = PAGE * rooms * 3 // 2
+    return [(f"room{chooser.choice(talking)}", chooser.randrange(lowest, entries + 1))
+            for _ in range(pages)]
 
 
 def page_rows(directory: Path, big: Path, entries: int, pages: int) -> dict[str, Any]:
+    """Page latency on the big log and on a 1,000-line one, one page of each in turn (so
+    that both see the same noise), after 50 pages of warm-up on each."""
     small = directory / "small.json"
     generate_log(small, SMALL_LOG, SMALL_ROOMS)
-    MessageLog(small).close()  # index both before timing
-    MessageLog(big).close()
-    small_runs, big_runs = [], []
-    for _ in range(3):  # in turns, to share the noise
-        small_runs.append(page_latency_us(small, SMALL_LOG, SMALL_ROOMS, pages))
-        big_runs.append(page_latency_us(big, entries, ROOMS, pages))
-    return {"page_small": _medians(small_runs), "page_big": _medians(big_runs)}
+    times: dict[str, list[float]] = {"small": [], "big": []}
+    sizes: dict[str, list[int]] = {"small": [], "big": []}
+    with MessageLog(small) as small_log, MessageLog(big) as big_log:
+        logs = {"small": small_log, "big": big_log}
+        targets = {"small": page_targets(SMALL_LOG, SMALL_ROOMS, pages + 50),
+                   "big": page_targets(entries, ROOMS, pages + 50)}
+        for number in range(pages + 50):
+            for name, log in logs.items():
+                room, before = targets[name][number]
+                started = time.perf_counter()
+                page = log.history_before(room, before, PAGE)
+                if number >= 50:
+                    times[name].append(time.perf_counter() - started)
+                    sizes[name].append(len(page))
+    return {f"page_{name}": {"median_us": statistics.median(times[name]) * 1e6,
+                             "mean_us": statistics.fmean(times[name]) * 1e6,
+                             "mean_records": statistics.fmean(sizes[name])}
+            for name in logs}
 
 
 def timed_open(path: Path, prepare: Callable[[], None] = lambda: None, repeat: int = 3) -> float:
@@ -209,7 +210,7 @@ def stale_copy(path: Path, directory: Path) -> Path:
     return copy
 
 
-def run(directory: Path, entries: int, ops: int, repeat: int, pages: int = 2000,
+def run(directory: Path, entries: int, ops: int, repeat: int, pages: int = 6000,
         baseline: Path | None = None) -> dict[str, Any]:
     big = directory / "big.json"
     results: dict[str, Any] = {"entries": entries, "ops": ops, "repeat": repeat}
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", type=int, default=20_000, help="entries per append measurement")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--dir", type=Path, help="where to put the logs (default: a temp dir)")
-    parser.add_argument("--pages", type=int, default=2000, help="pages per latency run")
+    parser.add_argument("--pages", type=int, default=6000, help="pages per log for latency")
     parser.add_argument("--baseline", type=Path, help="another messagelog.py to compare with")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
