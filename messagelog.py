@@ -43,23 +43,65 @@ Checkpoint
 ----------
 So that a start does not parse a million lines, `<path>.checkpoint` records the state as
 of a byte offset in the log, written atomically (temporary file, then `os.replace`) every
-`checkpoint_every` records and at close:
+`checkpoint_every` records, at open when the log had lines past it, and at close:
 
-    {"format": "gapshape-messagelog-checkpoint", "version": 1,
+    {"format": "gapshape-messagelog-checkpoint", "version": 2,
      "offset": <bytes of the log it covers; the log's size when it was written>,
-     "next_id": <1 + largest id in log[:offset]>, "history_size": 10,
+     "next_id": <1 + largest id in log[:offset]>,
      "head_sha256": <hex SHA-256 of log[:min(4096, offset)]>,
      "tail_sha256": <hex SHA-256 of log[max(0, offset - 4096):offset]>,
-     "written_at": <timestamp, for people>,
-     "history": {"<room>": [<message record>, ... oldest first]}}
+     "written_at": <timestamp, for people>}
 
-At open the checkpoint is used only if it parses, has this version, a history at least
-as long as the one asked for, and the log is at least `offset` bytes long with the same
-first and last 4 KiB before the offset; then only the lines after the offset are parsed
-(after `kill -9` those are the records since the last checkpoint). Otherwise, a replaced
-or truncated log for instance, the whole file is scanned, and a new checkpoint written.
-Edits before the offset that keep both windows intact are not noticed: delete the
-checkpoint to force a full scan.
+Version 1 also held every room's last messages ("history_size", "history"); a version 1
+checkpoint is still read (its history is ignored, the index has it). At open the
+checkpoint is used only if it parses, has a known version, and the log is at least
+`offset` bytes long with the same first and last 4 KiB before the offset; then only the
+lines after the offset are parsed for the next id (after `kill -9` those are the records
+since the last checkpoint). Otherwise, a replaced or truncated log for instance, the whole
+file is scanned, and a new checkpoint written. Edits before the offset that keep both
+windows intact are not noticed: delete the checkpoint (and the index) to force a full scan.
+
+Checkpoints during operation never hold up `append` or `write_pending`: the writer only
+notes (offset, next_id) under its lock, and the background thread computes the
+fingerprints and writes the file. `on_checkpoint_write`, a constructor argument, is called
+by that thread with the offset right before each such write (tests hold a write in
+progress with it).
+
+Index
+-----
+`<path>.index` is an SQLite database (format in `logindex`'s docstring) that lists, room by
+room, the id, byte offset and length of every "message" line, in blocks of up to 64, and
+the byte offset up to which it covers the log, with the same two fingerprints as the
+checkpoint. `history_before(room, before_id, limit)` is one seek in its (room, min_id)
+index, a walk over the first few blocks, and one `pread` per record, so a page costs the
+same on a log of 10,000,000 lines as on one of 100; every record read back is checked to
+be the message the index names (a mismatch is skipped with a warning). Index rows are
+written by the background thread, one transaction per batch (`index_batch` = 10,000
+lines, or `index_delay` = 0.5 s after a write), never by `append` and never with an fsync per
+message (SQLite's WAL with synchronous=NORMAL: an fsync only when the WAL is folded back
+into the database, in the background thread; a power cut loses at most the last
+transactions, which the next open catches up from the log); until
+then the written entries wait in memory, where pages find them too (at most
+`MAX_UNINDEXED`: past that, `write_pending` indexes them itself).
+
+At open the index is checked like the checkpoint, then caught up from its offset with the
+lines after it. A missing, damaged (not SQLite) or foreign index is rebuilt from the whole
+log with a warning; a damaged or foreign file is moved aside to `<path>.index.bad`, never
+deleted. When the log is shorter than the index says (its tail was cut off), the rows past
+the log's end are dropped and the last remaining row is checked against the log; if that
+fails too, the index is rebuilt. The log stays the only source of truth.
+
+Memory
+------
+The latest `history_size` messages of recently used rooms are kept in memory, as their
+encoded lines, within `history_budget` bytes (default 16 MiB): a room costs
+`ROOM_OVERHEAD` + `sys.getsizeof(room)` and each of its lines `sys.getsizeof(line)` +
+`LINE_OVERHEAD` (the list slots and the id), so `history_memory_bytes()` counts what the
+objects really take (the test suite checks that with tracemalloc). Past the budget, whole
+rooms are dropped, least recently used (appended to or read) first; `history(room)` of a
+dropped room reads it back through the index. A room whose latest line is not written yet
+is never dropped (its lines exist nowhere else), so the budget can be exceeded by the lines
+appended since the last `write_pending` - the server writes before every send.
 """
 from __future__ import annotations
 
@@ -67,17 +109,23 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
+import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from fileutil import write_atomically
+from logindex import IndexEntry, MessageIndex
 
-__all__ = ["MessageLog", "Recovery", "decode_line", "encode_record", "timestamp"]
+__all__ = [
+    "HISTORY_BUDGET", "MAX_PAGE", "MessageLog", "Recovery", "decode_line", "encode_record",
+    "timestamp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +133,21 @@ Record = dict[str, Any]
 
 ID_EVENTS = frozenset({"message", "private"})
 CHECKPOINT_FORMAT = "gapshape-messagelog-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_CHECKPOINT_VERSIONS = frozenset({1, 2})
 ANCHOR_SIZE = 4096  # bytes hashed at the start of the log and right before the offset
 
+HISTORY_BUDGET = 16 * 2**20  # bytes of room history kept in memory, by default
+ROOM_OVERHEAD = 1024  # bytes a room in memory costs besides its lines and its name
+LINE_OVERHEAD = 80  # bytes a line costs besides sys.getsizeof(line): two list slots, its id
+MAX_PAGE = 100  # the most records one history_before call returns
+INDEX_BATCH = 10_000  # written lines that wake the background thread to index them
+INDEX_DELAY = 0.5  # seconds a written line waits at most before it is indexed
+MAX_UNINDEXED = 30_000  # past this many waiting entries, write_pending indexes them itself
+SCAN_CHUNK = 10_000  # index rows inserted at a time while catching up at open
+
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
@@ -134,6 +193,11 @@ def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_message_of(record: Record | None, room: str, record_id: int) -> bool:
+    return (record is not None and record.get("event") == "message"
+            and record.get("room") == room and record.get("id") == record_id)
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What opening the log found; also logged at INFO."""
@@ -145,24 +209,26 @@ class Recovery:
     bad_lines_skipped: int  # bad lines in the middle, left in place
     torn_bytes: int  # bytes cut off the end and saved to <path>.torn
     seconds: float
+    index_used: bool = False  # the index file was kept (perhaps with rows past the end dropped)
+    index_problem: str | None = None  # why it was rebuilt or cut back, None if all was well
+    index_start: int = 0  # where indexing the lines started: the index's offset, or 0
+    index_lines: int = 0  # lines read to catch the index up (those before start_offset too)
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """The in-memory state matching the log up to a write: what a checkpoint stores."""
+    """What a checkpoint stores: the log's size after a write, and the next id then."""
 
+    offset: int
     next_id: int
-    history: dict[str, list[Record]]
 
 
 @dataclass(frozen=True)
 class _Checkpoint:
     offset: int
     next_id: int
-    history_size: int
     head_sha256: str
     tail_sha256: str
-    history: dict[str, list[Record]]
 
     def to_bytes(self) -> bytes:
         document = {
@@ -170,57 +236,42 @@ class _Checkpoint:
             "version": CHECKPOINT_VERSION,
             "offset": self.offset,
             "next_id": self.next_id,
-            "history_size": self.history_size,
             "head_sha256": self.head_sha256,
             "tail_sha256": self.tail_sha256,
             "written_at": timestamp(),
-            "history": self.history,
         }
         return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
     @classmethod
-    def from_bytes(cls, data: bytes, min_history_size: int) -> _Checkpoint:
+    def from_bytes(cls, data: bytes) -> _Checkpoint:
         """Parse and validate a checkpoint document; ValueError says what is wrong."""
         document = json.loads(data)
         if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a message log checkpoint")
-        if document.get("version") != CHECKPOINT_VERSION:
+        if document.get("version") not in READABLE_CHECKPOINT_VERSIONS:
             raise ValueError(f"unknown checkpoint version {document.get('version')!r}")
         offset, next_id = document.get("offset"), document.get("next_id")
-        size = document.get("history_size")
-        if not (_is_id(offset) and _is_id(next_id) and _is_id(size)):
-            raise ValueError("offset, next_id and history_size must be integers")
-        if size < min_history_size:
-            raise ValueError(f"it keeps {size} messages per room, {min_history_size} are wanted")
+        if not (_is_id(offset) and _is_id(next_id)):
+            raise ValueError("offset and next_id must be integers")
         head, tail = document.get("head_sha256"), document.get("tail_sha256")
         if not (isinstance(head, str) and isinstance(tail, str)):
             raise ValueError("missing log fingerprints")
-        return cls(offset, next_id, size, head, tail, _parse_history(document.get("history"), size))
-
-
-def _parse_history(history: object, size: int) -> dict[str, list[Record]]:
-    if not isinstance(history, dict):
-        raise ValueError("history must be an object")
-    for room, records in history.items():
-        if not isinstance(records, list) or not 0 < len(records) <= size:
-            raise ValueError("each room's history must be a non-empty list")
-        for record in records:
-            is_message = isinstance(record, dict) and record.get("event") == "message"
-            if not is_message or record.get("room") != room:
-                raise ValueError("history holds a record that is not a message of its room")
-    return history
+        return cls(offset, next_id, head, tail)
 
 
 @dataclass(frozen=True)
 class _Scan:
     good_end: int  # offset just past the last good line
-    end: int  # offset where reading stopped: the end of the file
+    end: int  # offset where reading stopped: the end of the file (or `stop`)
     lines: int
     skipped: list[int]  # offsets of bad lines that have good lines after them
 
 
-def _scan(reader: BinaryIO, start: int, on_record: Callable[[Record], None]) -> _Scan:
-    """Parse the lines from `start` to the end, feeding good records to `on_record`."""
+LineHandler = Callable[[Record, int, int], None]  # record, offset of its line, line length
+
+
+def _scan(reader: BinaryIO, start: int, on_record: LineHandler, stop: int | None = None) -> _Scan:
+    """Parse the lines from `start` to the end (or `stop`), feeding good records on."""
     reader.seek(start)
     pos = good_end = start
     lines = 0
@@ -233,22 +284,24 @@ def _scan(reader: BinaryIO, start: int, on_record: Callable[[Record], None]) -> 
         record = decode_line(line)
         if record is None:
             bad_since_good.append(line_start)
-            continue
-        skipped += bad_since_good
-        bad_since_good.clear()
-        on_record(record)
-        lines += 1
-        good_end = pos
+        else:
+            skipped += bad_since_good
+            bad_since_good.clear()
+            on_record(record, line_start, len(line))
+            lines += 1
+            good_end = pos
+        if stop is not None and pos >= stop:
+            skipped += bad_since_good
+            good_end = pos
+            break
     return _Scan(good_end, pos, lines, skipped)
 
 
-def _fingerprints(reader: BinaryIO, offset: int) -> tuple[str, str]:
+def _fingerprints(fd: int, offset: int) -> tuple[str, str]:
     """SHA-256 of the first and of the last ANCHOR_SIZE bytes of log[:offset]."""
-    reader.seek(0)
-    head = reader.read(min(ANCHOR_SIZE, offset))
+    head = os.pread(fd, min(ANCHOR_SIZE, offset), 0)
     tail_start = max(0, offset - ANCHOR_SIZE)
-    reader.seek(tail_start)
-    tail = reader.read(offset - tail_start)
+    tail = os.pread(fd, offset - tail_start, tail_start)
     return hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest()
 
 
@@ -259,8 +312,30 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+class _Room:
+    """A room's latest lines in memory (oldest first) and their ids."""
+
+    __slots__ = ("lines", "ids", "size", "last_seq", "complete")
+
+    def __init__(self, name: str) -> None:
+        self.lines: list[bytes] = []
+        self.ids: list[int] = []
+        self.size = ROOM_OVERHEAD + sys.getsizeof(name)  # bytes accounted to the budget
+        self.last_seq = 0  # _appended when its latest line was appended
+        # True once `lines` are the room's latest history_size messages (or all it has);
+        # a room created by an append after it was dropped holds only the newest ones.
+        self.complete = False
+
+
+_BYTES_HEADER = sys.getsizeof(b"")  # sys.getsizeof(line) == _BYTES_HEADER + len(line)
+
+
+def _line_cost(line: bytes) -> int:
+    return _BYTES_HEADER + len(line) + LINE_OVERHEAD
+
+
 class MessageLog:
-    """An append-only JSON Lines log plus the last `history_size` messages of every room.
+    """An append-only JSON Lines log, the latest messages of busy rooms, and an index.
 
     Use it like this; `append` never touches the file, so it may run under the server's
     own lock, and `write_pending` goes right before anything is sent:
@@ -271,12 +346,17 @@ class MessageLog:
         log.write_pending()  # now the record is in the file
         send_to_members(record)
 
-    Locks, never more than these two, always taken in this order:
-    `_write_lock` (the file descriptor, `_offset`, checkpoints), then `_state_lock`
-    (pending lines, history, ids, counters). `append`, `allocate_id`, `history`
-    and `rooms` take only `_state_lock`, and hold it without doing I/O, so they never
+    Locks, always taken in this order: `_write_lock` (the file descriptor, `_offset`,
+    checkpoint requests), `_flush_lock` (moving entries into the index), then
+    `_state_lock` (pending lines, history, ids, counters, entries waiting for the index);
+    `_background` (the background thread's condition) is taken alone, or last. `append`,
+    `allocate_id` take only `_state_lock`, and hold it without doing I/O, so they never
     wait for the disk. `write_pending` takes `_write_lock`, swaps the pending lines out
-    under `_state_lock`, and writes with `_state_lock` released.
+    under `_state_lock`, and writes with `_state_lock` released. `history` of a room that
+    is not in memory, `history_before` and `rooms` read the index and the log with no
+    lock of this class held (the index has its own).
+
+    A background thread moves written entries into the index and writes checkpoints.
     """
 
     def __init__(
@@ -285,31 +365,59 @@ class MessageLog:
         *,
         history_size: int = 10,
         checkpoint_every: int = 10_000,
+        history_budget: int = HISTORY_BUDGET,
+        index_batch: int = INDEX_BATCH,
+        index_delay: float = INDEX_DELAY,
+        on_checkpoint_write: Callable[[int], None] | None = None,
     ) -> None:
-        if history_size < 1 or checkpoint_every < 1:
-            raise ValueError("history_size and checkpoint_every must be at least 1")
+        if history_size < 1 or checkpoint_every < 1 or index_batch < 1:
+            raise ValueError("history_size, checkpoint_every and index_batch must be at least 1")
+        if history_budget < 0 or index_delay <= 0:
+            raise ValueError("history_budget must be >= 0 and index_delay > 0")
         self.path = Path(path)
         self.checkpoint_path = self.path.with_name(self.path.name + ".checkpoint")
+        self.index_path = self.path.with_name(self.path.name + ".index")
         self.torn_path = self.path.with_name(self.path.name + ".torn")
         self._history_size = history_size
         self._checkpoint_every = checkpoint_every
+        self._budget = history_budget
+        self._index_batch = index_batch
+        self._index_delay = index_delay
+        self._on_checkpoint_write = on_checkpoint_write
         self._write_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._history: dict[str, deque[Record]] = {}
+        self._background = threading.Condition(threading.Lock())
+        self._history: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
+        self._history_bytes = 0
         self._next_id = 1  # what allocate_id hands out next
         self._logged_next_id = 1  # 1 + the largest id appended: what a checkpoint stores
         self._pending: list[bytes] = []
+        self._pending_keys: list[tuple[str, int] | None] = []  # (room, id) of message lines
         self._appended = 0  # lines appended since open; _written trails it
         self._written = 0
+        self._written_offset = 0  # the log's size as of _written (_state_lock)
+        self._unindexed: list[IndexEntry] = []  # written message lines not in the index yet
         self._offset = 0  # size of the log: where the next write lands (_write_lock)
         self._since_checkpoint = 0  # lines written since the last checkpoint (_write_lock)
         self._closed = False
+        self._checkpoint_request: _Snapshot | None = None  # (_background)
+        self._stopping = False  # (_background)
+        self._idle_requested = 0  # wait_idle calls so far, and the last one served (_background)
+        self._idle_served = 0
         self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        self._read_fd = -1
+        self._index: MessageIndex | None = None
         try:
+            self._read_fd = os.open(self.path, _READ_FLAGS)
             self.recovery = self._recover()
         except BaseException:
-            os.close(self._fd)
+            self._close_files()
             raise
+        self._thread = threading.Thread(
+            target=self._run_background, name=f"messagelog {self.path.name}", daemon=True
+        )
+        self._thread.start()
 
     # -- the public API ----------------------------------------------------------------
 
@@ -317,6 +425,19 @@ class MessageLog:
     def next_id(self) -> int:
         """1 + the largest id of any message or private record logged (or allocated)."""
         return self._next_id
+
+    @property
+    def history_budget(self) -> int:
+        """The bytes of room history this log keeps in memory at most (see the docstring)."""
+        return self._budget
+
+    def history_memory_bytes(self) -> int:
+        """Bytes of room history in memory now, as accounted against `history_budget`."""
+        return self._history_bytes
+
+    def resident_rooms(self) -> int:
+        """How many rooms have their history in memory now."""
+        return len(self._history)
 
     def allocate_id(self) -> int:
         """A new message/private id, never handed out before (even across restarts)."""
@@ -326,32 +447,96 @@ class MessageLog:
             return allocated
 
     def append(self, record: Record) -> None:
-        """Queue `record` for the next `write_pending`, and index it. No I/O.
+        """Queue `record` for the next `write_pending`, and remember it. No I/O.
 
         The record is encoded here, once; TypeError/ValueError if it is not a valid
         record (then nothing is queued). Later changes to `record` do not reach the log.
         """
         line = encode_record(record)
-        record = dict(record)
+        event = record["event"]
+        record_id = record["id"] if event in ID_EVENTS else None
+        key = (record["room"], record_id) if event == "message" else None
         with self._state_lock:
             if self._closed:
                 raise ValueError(f"append to closed message log {self.path}")
             self._pending.append(line)
+            self._pending_keys.append(key)
             self._appended += 1
-            self._index(record)
+            if record_id is not None:
+                following = record_id + 1
+                if following > self._logged_next_id:
+                    self._logged_next_id = following
+                if following > self._next_id:
+                    self._next_id = following
+            if key is not None:
+                self._remember(key[0], key[1], line)
 
     def history(self, room: str) -> list[Record]:
         """Copies of the latest message records of `room`, oldest first.
 
         They may include records not written yet: call `write_pending` before sending them.
+        A room not in memory is read back through the index (a few reads, no scan) and
+        kept in memory again; if that read fails, it is logged and what memory has is
+        returned.
         """
-        with self._state_lock:
-            return [dict(record) for record in self._history.get(room, ())]
+        while True:
+            with self._state_lock:
+                room_state = self._history.get(room)
+                if room_state is not None:
+                    self._history.move_to_end(room)
+                    if room_state.complete or len(room_state.lines) >= self._history_size:
+                        lines = list(room_state.lines)
+                        break
+                before = room_state.ids[0] if room_state is not None else None
+                known = list(room_state.lines) if room_state is not None else []
+                waiting = self._unindexed_of(room, before)
+            try:
+                older = self._read_back(room, before, self._history_size - len(known), waiting)
+            except (OSError, sqlite3.Error):
+                logger.exception("cannot read the history of a room back from %s", self.path)
+                return _decoded(known)
+            with self._state_lock:
+                if self._history.get(room) is room_state:  # else it changed meanwhile: again
+                    lines = self._fill(room, room_state, older)
+                    break
+        return _decoded(lines)
 
-    def rooms(self) -> list[str]:
-        """The rooms that have at least one message, sorted."""
+    def history_before(self, room: str, before_id: int | None = None,
+                       limit: int = MAX_PAGE) -> list[Record]:
+        """The `limit` messages of `room` with an id below `before_id` (None: the latest),
+        oldest first: a page of scrollback, from the index and the log, whatever their size.
+
+        Writes what is pending first. Raises ValueError for a limit outside 1..MAX_PAGE or
+        a bad id, OSError if the log or its index cannot be read.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"a page holds 1 to {MAX_PAGE} messages, not {limit!r}")
+        if before_id is not None and not _is_id(before_id):
+            raise ValueError(f"before_id must be a message id, not {before_id!r}")
+        self.write_pending()
         with self._state_lock:
-            return sorted(self._history)
+            waiting = self._unindexed_of(room, before_id)
+        try:
+            return [record for _, record in self._read_back(room, before_id, limit, waiting)]
+        except sqlite3.Error as error:
+            raise OSError(f"cannot read the index {self.index_path}: {error}") from error
+
+    def rooms(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """The rooms that have at least one message, sorted; only those sorting after
+        `after`, and at most `limit` of them, if given (a page for a long list)."""
+        with self._state_lock:
+            recent = {name for name, room in self._history.items() if room.lines}
+            recent.update(entry[0] for entry in self._unindexed)
+        if after is not None:
+            recent = {name for name in recent if name > after}
+        index = self._index
+        try:
+            stored = index.rooms(after, limit) if index is not None else []
+        except sqlite3.Error:
+            logger.exception("cannot read the rooms from %s", self.index_path)
+            stored = []
+        names = sorted(recent.union(stored))
+        return names if limit is None else names[:limit]
 
     def write_pending(self) -> None:
         """Write every line appended so far, with one write, before returning.
@@ -373,6 +558,17 @@ class MessageLog:
         with self._write_lock:
             self._flush(target)
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the background thread has indexed every line written so far and
+        written every checkpoint asked for; False if `timeout` seconds passed first."""
+        with self._background:
+            self._idle_requested += 1
+            wanted = self._idle_requested
+            self._background.notify_all()
+            return self._background.wait_for(
+                lambda: self._idle_served >= wanted or self._stopping, timeout
+            )
+
     def sync(self) -> None:
         """`write_pending`, then fsync the log."""
         self.write_pending()
@@ -381,22 +577,24 @@ class MessageLog:
                 os.fsync(self._fd)
 
     def close(self) -> None:
-        """Write and fsync everything, write a checkpoint, close the file. Idempotent."""
+        """Write and fsync everything, index it, write a checkpoint, close. Idempotent."""
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True  # from now on append refuses, so nothing is left behind
             target = self._appended
+        with self._background:
+            self._stopping = True
+            self._background.notify_all()
+        self._thread.join()
         with self._write_lock:
             try:
                 self._flush(target, checkpoint=False)
                 os.fsync(self._fd)
-                with self._state_lock:
-                    snapshot = self._snapshot()
-                self._checkpoint(snapshot, durable=True)
+                self._index_waiting()
+                self._write_checkpoint(_Snapshot(self._offset, self._logged_next_id), durable=True)
             finally:
-                os.close(self._fd)
-                self._fd = -1
+                self._close_files()
 
     def __enter__(self) -> MessageLog:
         return self
@@ -411,15 +609,20 @@ class MessageLog:
             if self._written >= target:
                 return  # another caller wrote our lines while we waited
             batch, self._pending = self._pending, []
-            self._since_checkpoint += len(batch)
-            snapshot = None
-            if checkpoint and self._since_checkpoint >= self._checkpoint_every:
-                snapshot = self._snapshot()  # the state once this batch is written
-        self._write_batch(batch)
-        if snapshot is not None:
-            self._checkpoint(snapshot, durable=False)
+            keys, self._pending_keys = self._pending_keys, []
+            next_id = self._logged_next_id  # the state once this batch is written
+        self._write_batch(batch, keys)
+        self._since_checkpoint += len(batch)
+        if checkpoint and self._since_checkpoint >= self._checkpoint_every:
+            self._since_checkpoint = 0
+            self._ask_background(checkpoint=_Snapshot(self._offset, next_id))
+        waiting = len(self._unindexed)
+        if waiting >= MAX_UNINDEXED:
+            self._index_waiting_or_drop()
+        elif waiting >= self._index_batch:
+            self._ask_background()
 
-    def _write_batch(self, batch: list[bytes]) -> None:
+    def _write_batch(self, batch: list[bytes], keys: list[tuple[str, int] | None]) -> None:
         data = b"".join(batch)
         try:
             _write_all(self._fd, data)
@@ -427,10 +630,24 @@ class MessageLog:
             self._undo_partial_write()
             with self._state_lock:
                 self._pending[:0] = batch
+                self._pending_keys[:0] = keys
             raise
-        self._offset += len(data)
+        entries: list[IndexEntry] = []
+        offset = self._offset
+        for line, key in zip(batch, keys):
+            if key is not None:
+                entries.append((key[0], key[1], offset, len(line)))
+            offset += len(line)
+        self._offset = offset
         with self._state_lock:
+            first_waiting = bool(entries) and not self._unindexed
             self._written += len(batch)
+            self._written_offset = offset
+            self._unindexed += entries
+            if self._history_bytes > self._budget:
+                self._evict()  # rooms that waited for their lines to be written may go now
+        if first_waiting:
+            self._ask_background()  # starts the index_delay clock
 
     def _undo_partial_write(self) -> None:
         """Cut back a half-written batch, so that the next write starts on a fresh line."""
@@ -439,44 +656,209 @@ class MessageLog:
         except OSError:
             logger.exception("cannot cut a partial write off %s; next open repairs it", self.path)
 
-    def _checkpoint(self, snapshot: _Snapshot, *, durable: bool) -> None:
-        """Write a checkpoint for log[:_offset]; a failure is logged, never raised."""
+    def _index_waiting_or_drop(self) -> None:
+        """Back pressure when the background thread cannot keep up: index them here; if
+        the index cannot be written at all, forget the oldest entries, so memory stays
+        bounded (the next open catches the index up from the log)."""
         try:
-            with open(self.path, "rb") as reader:
-                head, tail = _fingerprints(reader, self._offset)
-            checkpoint = _Checkpoint(
-                self._offset, snapshot.next_id, self._history_size, head, tail, snapshot.history
-            )
+            self._index_waiting()
+            return
+        except (OSError, sqlite3.Error):
+            logger.exception("cannot write the index %s", self.index_path)
+        with self._state_lock:
+            dropped = len(self._unindexed) - MAX_UNINDEXED // 2
+            if dropped > 0:
+                del self._unindexed[:dropped]
+        if dropped > 0:
+            logger.error("%s: %d written messages left out of the index until the next "
+                         "start; scrollback and history of evicted rooms miss them", self.path,
+                         dropped)
+
+    def _ask_background(self, *, checkpoint: _Snapshot | None = None) -> None:
+        with self._background:
+            if checkpoint is not None:
+                self._checkpoint_request = checkpoint
+            self._background.notify_all()
+
+    # -- the background thread ---------------------------------------------------------
+
+    def _run_background(self) -> None:
+        while True:
+            with self._background:
+                self._wait_for_work()
+                if self._stopping:
+                    self._background.notify_all()
+                    return
+                request, self._checkpoint_request = self._checkpoint_request, None
+                serving = self._idle_requested
+            try:
+                self._index_waiting()
+            except Exception:  # the thread must live on: log it, retry a little later
+                logger.exception("cannot write the index %s", self.index_path)
+                time.sleep(self._index_delay)
+            if request is not None:
+                self._write_checkpoint(request, durable=False)
+            with self._background:
+                self._idle_served = max(self._idle_served, serving)
+                self._background.notify_all()
+
+    def _background_has_work(self) -> bool:
+        return (self._stopping or self._checkpoint_request is not None
+                or self._idle_requested > self._idle_served
+                or len(self._unindexed) >= self._index_batch)
+
+    def _wait_for_work(self) -> None:
+        # Entries waiting are indexed index_delay after the first of them was written at
+        # the latest; with nothing waiting, sleep until asked (the writer wakes us when the
+        # first entry arrives).
+        deadline = None
+        while not self._background_has_work():
+            if not self._unindexed:
+                deadline = None
+                self._background.wait()
+                continue
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self._index_delay
+            elif now >= deadline:
+                return
+            self._background.wait(deadline - now)
+
+    def _index_waiting(self) -> None:
+        """Move every written entry into the index, in one transaction."""
+        index = self._index
+        if index is None:
+            return
+        with self._flush_lock:
+            with self._state_lock:
+                entries = self._unindexed[:]
+                covered = self._written_offset
+            if not entries and covered == index.covered:
+                return
+            try:
+                index.add(entries)
+                index.commit(covered, *_fingerprints(self._read_fd, covered))
+            except BaseException:
+                index.rollback()
+                raise
+            with self._state_lock:
+                del self._unindexed[:len(entries)]  # entries only ever join at the end
+
+    def _write_checkpoint(self, snapshot: _Snapshot, *, durable: bool) -> None:
+        """Write a checkpoint for log[:snapshot.offset]; a failure is logged, never raised."""
+        try:
+            if self._on_checkpoint_write is not None:
+                self._on_checkpoint_write(snapshot.offset)
+            head, tail = _fingerprints(self._read_fd, snapshot.offset)
+            checkpoint = _Checkpoint(snapshot.offset, snapshot.next_id, head, tail)
             write_atomically(self.checkpoint_path, checkpoint.to_bytes(), durable=durable)
-        except (OSError, ValueError, TypeError):
+        except Exception:
             logger.exception("cannot write %s; the next start scans more", self.checkpoint_path)
             return
-        self._since_checkpoint = 0
-        logger.debug("checkpoint of %s at offset %d", self.path, self._offset)
+        logger.debug("checkpoint of %s at offset %d", self.path, snapshot.offset)
 
-    # -- in-memory state (caller holds _state_lock, or is __init__) ---------------------
+    def _close_files(self) -> None:
+        if self._index is not None:
+            try:
+                self._index.close()
+            except sqlite3.Error:
+                logger.exception("cannot close %s", self.index_path)
+        for fd in (self._fd, self._read_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._read_fd = -1
 
-    def _index(self, record: Record) -> None:
-        event = record.get("event")
-        if event in ID_EVENTS and _is_id(record.get("id")):
-            following = record["id"] + 1
-            self._logged_next_id = max(self._logged_next_id, following)
-            self._next_id = max(self._next_id, following)
-        room = record.get("room")
-        if event == "message" and isinstance(room, str):
-            if room not in self._history:
-                self._history[room] = deque(maxlen=self._history_size)
-            self._history[room].append(record)
+    # -- history in memory (caller holds _state_lock) ----------------------------------
 
-    def _snapshot(self) -> _Snapshot:
-        # Records are never changed once indexed, so sharing them with the writer is safe.
-        history = {room: list(records) for room, records in self._history.items()}
-        return _Snapshot(self._logged_next_id, history)
+    def _remember(self, name: str, record_id: int, line: bytes) -> None:
+        room = self._history.get(name)
+        if room is None:
+            room = self._history[name] = _Room(name)
+            self._history_bytes += room.size
+        else:
+            self._history.move_to_end(name)
+        added = _BYTES_HEADER + len(line) + LINE_OVERHEAD  # _line_cost, inlined: hot path
+        room.lines.append(line)
+        room.ids.append(record_id)
+        if len(room.lines) > self._history_size:
+            added -= _BYTES_HEADER + len(room.lines.pop(0)) + LINE_OVERHEAD
+            room.ids.pop(0)
+            room.complete = True
+        room.size += added
+        room.last_seq = self._appended
+        self._history_bytes += added
+        if self._history_bytes > self._budget:
+            self._evict()
 
-    def _restore(self, checkpoint: _Checkpoint) -> None:
-        for room, records in checkpoint.history.items():
-            self._history[room] = deque(records, maxlen=self._history_size)
-        self._logged_next_id = self._next_id = max(1, checkpoint.next_id)
+    def _fill(self, name: str, room: _Room | None, older: list[tuple[bytes, Record]]) -> list[bytes]:
+        """Put the lines read back from disk in front of what memory has; the room's lines."""
+        if room is not None and (room.complete or len(room.lines) >= self._history_size):
+            return list(room.lines)  # appends completed it while we read
+        if room is None:
+            if not older:
+                return []  # no messages at all: nothing to keep
+            room = self._history[name] = _Room(name)
+            self._history_bytes += room.size
+        missing = older[max(0, len(older) - (self._history_size - len(room.lines))):]
+        added = sum(_line_cost(line) for line, _ in missing)
+        room.lines[:0] = [line for line, _ in missing]
+        room.ids[:0] = [record["id"] for _, record in missing]
+        room.complete = True
+        room.size += added
+        self._history_bytes += added
+        lines = list(room.lines)
+        if self._history_bytes > self._budget:
+            self._evict()
+        return lines
+
+    def _evict(self) -> None:
+        """Drop whole rooms, least recently used first, until the budget holds again.
+
+        Rooms with lines not written yet stay: nothing else has those lines.
+        """
+        excess = self._history_bytes - self._budget
+        victims = []
+        for name, room in self._history.items():
+            if excess <= 0:
+                break
+            if room.last_seq <= self._written:
+                victims.append(name)
+                excess -= room.size
+        for name in victims:
+            self._history_bytes -= self._history.pop(name).size
+
+    def _unindexed_of(self, room: str, before: int | None) -> list[tuple[int, int, int]]:
+        return [(record_id, offset, length) for name, record_id, offset, length in self._unindexed
+                if name == room and (before is None or record_id < before)]
+
+    # -- reading back (no lock of ours held) -------------------------------------------
+
+    def _read_back(self, room: str, before: int | None, limit: int,
+                   waiting: list[tuple[int, int, int]]) -> list[tuple[bytes, Record]]:
+        """The lines and records of the `limit` latest messages of `room` below `before`,
+        oldest first, from the index and the entries still waiting for it.
+
+        `waiting` must be taken before the index is asked: an entry moves from there into
+        the index, never back, so it is seen at least once, and duplicates are merged.
+        """
+        if limit <= 0:
+            return []
+        index = self._index
+        stored = index.latest(room, before, limit) if index is not None else []
+        found = {offset: (record_id, offset, length) for record_id, offset, length in stored}
+        found.update((offset, (record_id, offset, length)) for record_id, offset, length in waiting)
+        chosen = sorted(found.values(), reverse=True)[:limit]
+        result = []
+        for record_id, offset, length in reversed(chosen):
+            line = os.pread(self._read_fd, length, offset)
+            record = decode_line(line) if line.endswith(b"\n") else None
+            if not _is_message_of(record, room, record_id):
+                logger.warning("%s: the index points at byte %d for message %d, which the "
+                               "log does not hold there; delete %s to rebuild it", self.path,
+                               offset, record_id, self.index_path)
+                continue
+            result.append((line, record))
+        return result
 
     # -- opening -----------------------------------------------------------------------
 
@@ -485,30 +867,93 @@ class MessageLog:
         checkpoint, problem = self._load_checkpoint()
         start = 0
         if checkpoint is not None:
-            self._restore(checkpoint)
+            self._logged_next_id = self._next_id = max(1, checkpoint.next_id)
             start = checkpoint.offset
+        index_start, index_problem, index_used = self._open_index()
+        catch_up = _CatchUp(self._index, index_start)
         with open(self.path, "rb") as reader:
-            scan = _scan(reader, start, self._index)
+            skipped: list[int] = []
+            if index_start < start:  # the index is behind the checkpoint: index those first
+                early = _scan(reader, index_start, catch_up.on_record, stop=start)
+                skipped += early.skipped
+            scan = _scan(reader, start, lambda *line: self._replay(catch_up, *line))
+            skipped += scan.skipped
             if scan.good_end < scan.end:
                 self._cut_torn_tail(reader, scan)
-        self._offset = scan.good_end
-        if scan.skipped:
+        self._offset = self._written_offset = scan.good_end
+        cut = scan.good_end < scan.end or index_problem is not None and index_used
+        catch_up.finish(scan.good_end, _fingerprints(self._read_fd, scan.good_end), cut)
+        if skipped:
             logger.warning(
                 "%s: skipped %d bad line(s) in the middle of the log, first at byte %d",
-                self.path, len(scan.skipped), scan.skipped[0],
+                self.path, len(skipped), min(skipped),
             )
-        if self._offset != start:
-            self._checkpoint(self._snapshot(), durable=False)  # the next start need not rescan
+        if self._offset != start:  # the next start need not rescan
+            self._write_checkpoint(_Snapshot(self._offset, self._logged_next_id), durable=False)
         recovery = Recovery(
             checkpoint is not None, problem, start, scan.lines, len(scan.skipped),
             scan.end - scan.good_end, time.perf_counter() - started,
+            index_used, index_problem, index_start, catch_up.lines,
         )
         logger.info(
-            "opened %s: %d bytes, checkpoint %s, %d line(s) parsed in %.3f s",
+            "opened %s: %d bytes, checkpoint %s, %d line(s) parsed, %d indexed in %.3f s",
             self.path, self._offset, "used" if checkpoint else f"not used ({problem})",
-            scan.lines, recovery.seconds,
+            scan.lines, catch_up.lines, recovery.seconds,
         )
         return recovery
+
+    def _replay(self, catch_up: _CatchUp, record: Record, offset: int, length: int) -> None:
+        """A line past the checkpoint: its id counts, and the index may need it."""
+        if record.get("event") in ID_EVENTS and _is_id(record.get("id")):
+            following = record["id"] + 1
+            self._logged_next_id = max(self._logged_next_id, following)
+            self._next_id = max(self._next_id, following)
+        catch_up.on_record(record, offset, length)
+
+    def _open_index(self) -> tuple[int, str | None, bool]:
+        """Open the index; where indexing must start, what was wrong, whether it was kept."""
+        size = os.fstat(self._read_fd).st_size
+        self._index, problem = MessageIndex.open(self.index_path)
+        if problem is not None:
+            if size > 0 or problem != "no index":
+                logger.warning("%s: rebuilding it from the whole log: %s", self.index_path, problem)
+            return 0, problem, False
+        index = self._index
+        if index.covered <= size:
+            if _fingerprints(self._read_fd, index.covered) == (index.head_sha256, index.tail_sha256):
+                return index.covered, None, True
+            return self._rebuild_index("the log does not match it (replaced or rewritten)")
+        return self._cut_index_back(size)
+
+    def _cut_index_back(self, size: int) -> tuple[int, str | None, bool]:
+        """The log is shorter than the index says: keep the rows of what is still there."""
+        index = self._index
+        assert index is not None
+        covered = index.covered
+        last = index.drop_from(size)
+        if last is not None and last[2] + last[3] > size:  # its line was cut in half
+            last = index.drop_from(last[2])
+        head_ok = size < ANCHOR_SIZE or covered < ANCHOR_SIZE or (
+            _fingerprints(self._read_fd, ANCHOR_SIZE)[0] == index.head_sha256)
+        if last is None or not head_ok or not self._entry_in_log(last):
+            index.rollback()
+            return self._rebuild_index(f"the log has {size} bytes, the index covers {covered}")
+        problem = (f"the log has {size} bytes, the index covered {covered}: "
+                   "dropped the rows past its end")
+        logger.warning("%s: %s", self.index_path, problem)
+        room, record_id, offset, length = last
+        return offset + length, problem, True
+
+    def _entry_in_log(self, entry: IndexEntry) -> bool:
+        room, record_id, offset, length = entry
+        line = os.pread(self._read_fd, length, offset)
+        return line.endswith(b"\n") and _is_message_of(decode_line(line), room, record_id)
+
+    def _rebuild_index(self, problem: str) -> tuple[int, str, bool]:
+        logger.warning("%s: rebuilding it from the whole log: %s", self.index_path, problem)
+        assert self._index is not None
+        self._index.clear()
+        return 0, problem, False
 
     def _load_checkpoint(self) -> tuple[_Checkpoint | None, str | None]:
         """The checkpoint if it is valid and matches the log, else None and the reason."""
@@ -519,17 +964,16 @@ class MessageLog:
         except OSError as error:
             return self._reject_checkpoint(f"unreadable: {error}")
         try:
-            checkpoint = _Checkpoint.from_bytes(data, self._history_size)
+            checkpoint = _Checkpoint.from_bytes(data)
         except (ValueError, TypeError) as error:  # includes JSON and UTF-8 decoding errors
             return self._reject_checkpoint(f"invalid: {error}")
-        with open(self.path, "rb") as reader:
-            size = os.fstat(reader.fileno()).st_size
-            if size < checkpoint.offset:
-                problem = f"the log has {size} bytes, the checkpoint covers {checkpoint.offset}"
-                return self._reject_checkpoint(problem)
-            expected = (checkpoint.head_sha256, checkpoint.tail_sha256)
-            if _fingerprints(reader, checkpoint.offset) != expected:
-                return self._reject_checkpoint("the log does not match it (replaced or rewritten)")
+        size = os.fstat(self._read_fd).st_size
+        if size < checkpoint.offset:
+            problem = f"the log has {size} bytes, the checkpoint covers {checkpoint.offset}"
+            return self._reject_checkpoint(problem)
+        expected = (checkpoint.head_sha256, checkpoint.tail_sha256)
+        if _fingerprints(self._read_fd, checkpoint.offset) != expected:
+            return self._reject_checkpoint("the log does not match it (replaced or rewritten)")
         return checkpoint, None
 
     def _reject_checkpoint(self, problem: str) -> tuple[None, str]:
@@ -549,3 +993,42 @@ class MessageLog:
             "%s: cut a torn tail of %d byte(s) at byte %d, saved to %s",
             self.path, len(torn), scan.good_end, self.torn_path,
         )
+
+
+class _CatchUp:
+    """Index rows for the lines read at open, inserted SCAN_CHUNK at a time."""
+
+    def __init__(self, index: MessageIndex | None, start: int) -> None:
+        self.index = index
+        self.start = start  # lines before this offset are indexed already
+        self.lines = 0
+        self._rows: list[IndexEntry] = []
+
+    def on_record(self, record: Record, offset: int, length: int) -> None:
+        if offset < self.start:
+            return
+        self.lines += 1
+        room, record_id = record.get("room"), record.get("id")
+        if record.get("event") == "message" and isinstance(room, str) and _is_id(record_id):
+            self._rows.append((room, record_id, offset, length))
+            if len(self._rows) >= SCAN_CHUNK:
+                self._insert()
+
+    def finish(self, good_end: int, fingerprints: tuple[str, str], cut: bool) -> None:
+        """Insert the rest, drop rows past the log's end if it was `cut`, commit."""
+        if self.index is None:
+            return
+        self._insert()
+        if cut:
+            self.index.drop_from(good_end)
+        self.index.commit(good_end, *fingerprints)
+
+    def _insert(self) -> None:
+        if self.index is not None:
+            self.index.add(self._rows)
+        self._rows.clear()
+
+
+def _decoded(lines: list[bytes]) -> list[Record]:
+    records = [decode_line(line) for line in lines]
+    return [record for record in records if record is not None]

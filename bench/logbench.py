@@ -1,7 +1,8 @@
-"""Benchmark of messagelog: cost of logging a message, and start-up time with a big log.
+"""Benchmark of messagelog: cost of logging a message, start-up time, scrollback pages.
 
     python bench/logbench.py                  # 1,000,000-entry log, prints a table
     python bench/logbench.py --entries 100000 --json
+    python bench/logbench.py --baseline /tmp/old/messagelog.py   # also: append, old vs new
 
 What it measures, on a log in a temporary directory (or --dir):
   * append + write_pending per entry, one entry per write (the server's usual case) and
@@ -9,15 +10,24 @@ What it measures, on a log in a temporary directory (or --dir):
     under the server's lock); with an empty log and with an --entries-line log, to show
     that the cost does not grow with the file. Periodic checkpoints are included.
   * MessageLog() on the big log: with a current checkpoint (a clean restart), with a
-    checkpoint one interval old (restart after kill -9: the tail since it is parsed), and
-    with no checkpoint (a full scan, for reference).
+    checkpoint one interval old (restart after kill -9: the tail since it is parsed), with
+    no checkpoint (a full scan, for reference), and with no index (a full scan that also
+    rebuilds <log>.index).
+  * Scrollback: `history_before(room, before_id, 100)` at random rooms and ids, a page of
+    100 messages each, on the --entries-line log (100 rooms) and on a 1,000-line log
+    (5 rooms, so that its pages are full too), both indexed and in the page cache, one
+    page of each in turn.
+  * With --baseline PATH (another messagelog.py, e.g. `git show COMMIT:messagelog.py`):
+    the append costs of that implementation and of this one, on fresh logs, in turns.
 This is a script, not a test: it asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -45,17 +55,17 @@ def record(record_id: int) -> dict[str, Any]:
     }
 
 
-def generate_log(path: Path, entries: int) -> None:
+def generate_log(path: Path, entries: int, rooms: int = ROOMS) -> None:
     """Write `entries` lines straight to `path`: 90% messages, the rest other events."""
     stamp = timestamp()
     with open(path, "wb") as out:
         for first in range(1, entries + 1, CHUNK):
             last = min(first + CHUNK, entries + 1)
-            out.write("".join(_line(n, stamp) for n in range(first, last)).encode())
+            out.write("".join(_line(n, stamp, rooms) for n in range(first, last)).encode())
 
 
-def _line(n: int, stamp: str) -> str:
-    room, user = f"room{n % ROOMS}", f"user{n % 997}"
+def _line(n: int, stamp: str, rooms: int = ROOMS) -> str:
+    room, user = f"room{n % rooms}", f"user{n % 997}"
     if n % 20 == 0:
         return (
             f'{{"event":"private","time":"{stamp}","id":{n},"from":"{user}","to":"x",'
@@ -92,8 +102,8 @@ def append_only_us(log: MessageLog, ops: int) -> float:
     return elapsed / ops * 1e6
 
 
-def append_costs(path: Path, ops: int) -> dict[str, float]:
-    with MessageLog(path) as log:
+def append_costs(path: Path, ops: int, implementation: Any = MessageLog) -> dict[str, float]:
+    with implementation(path) as log:
         return {
             "batch_1_us": per_entry_us(log, ops, 1),
             "batch_100_us": per_entry_us(log, ops * 5, 100),
@@ -114,6 +124,64 @@ def compare_append_costs(
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def compare_implementations(
+    directory: Path, baseline: Path, ops: int, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median append costs of the messagelog.py at `baseline` and of this one, in turns."""
+    spec = importlib.util.spec_from_file_location("baseline_messagelog", baseline)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    old_runs, new_runs = [], []
+    for turn in range(rounds):
+        old_runs.append(append_costs(directory / f"old{turn}.json", ops, module.MessageLog))
+        new_runs.append(append_costs(directory / f"new{turn}.json", ops))
+    return _medians(old_runs), _medians(new_runs)
+
+
+PAGE = 100
+SMALL_LOG = 1_000
+SMALL_ROOMS = 5
+
+
+def page_targets(entries: int, rooms: int, pages: int) -> list[tuple[str, int]]:
+    """Random (room, before_id) whose page of 100 is full, in a log from generate_log."""
+    chooser = random.Random(entries)
+    # generate_log gives some rooms only joins; the others have at least 3 messages in 4 of
+    # their ids, so 100 of them below `lowest`: every page is full.
+    talking = [room for room in range(rooms)
+               if any(n % 20 not in (0, 1) for n in range(room, room + 20 * rooms, rooms))]
+    lowest = PAGE * rooms * 3 // 2
+    return [(f"room{chooser.choice(talking)}", chooser.randrange(lowest, entries + 1))
+            for _ in range(pages)]
+
+
+def page_rows(directory: Path, big: Path, entries: int, pages: int) -> dict[str, Any]:
+    """Page latency on the big log and on a 1,000-line one, one page of each in turn (so
+    that both see the same noise), after 50 pages of warm-up on each."""
+    small = directory / "small.json"
+    generate_log(small, SMALL_LOG, SMALL_ROOMS)
+    times: dict[str, list[float]] = {"small": [], "big": []}
+    sizes: dict[str, list[int]] = {"small": [], "big": []}
+    with MessageLog(small) as small_log, MessageLog(big) as big_log:
+        logs = {"small": small_log, "big": big_log}
+        targets = {"small": page_targets(SMALL_LOG, SMALL_ROOMS, pages + 50),
+                   "big": page_targets(entries, ROOMS, pages + 50)}
+        for number in range(pages + 50):
+            for name, log in logs.items():
+                room, before = targets[name][number]
+                started = time.perf_counter()
+                page = log.history_before(room, before, PAGE)
+                if number >= 50:
+                    times[name].append(time.perf_counter() - started)
+                    sizes[name].append(len(page))
+    return {f"page_{name}": {"median_us": statistics.median(times[name]) * 1e6,
+                             "mean_us": statistics.fmean(times[name]) * 1e6,
+                             "mean_records": statistics.fmean(sizes[name])}
+            for name in logs}
 
 
 def timed_open(path: Path, prepare: Callable[[], None] = lambda: None, repeat: int = 3) -> float:
@@ -142,7 +210,8 @@ def stale_copy(path: Path, directory: Path) -> Path:
     return copy
 
 
-def run(directory: Path, entries: int, ops: int, repeat: int) -> dict[str, Any]:
+def run(directory: Path, entries: int, ops: int, repeat: int, pages: int = 6000,
+        baseline: Path | None = None) -> dict[str, Any]:
     big = directory / "big.json"
     results: dict[str, Any] = {"entries": entries, "ops": ops, "repeat": repeat}
     started = time.perf_counter()
@@ -154,6 +223,12 @@ def run(directory: Path, entries: int, ops: int, repeat: int) -> dict[str, Any]:
         big, lambda: checkpoint.unlink(missing_ok=True), repeat
     )
     results["open_checkpoint_s"] = timed_open(big, repeat=repeat)
+    index_files = [big.with_name(big.name + suffix) for suffix in (".index", ".index-wal",
+                                                                   ".index-shm")]
+    results["open_no_index_s"] = timed_open(
+        big, lambda: [name.unlink(missing_ok=True) for name in index_files], 1
+    )
+    results.update(page_rows(directory, big, entries, pages))
     stale = stale_copy(big, directory / "stale")
     stale_checkpoint = stale.with_name(stale.name + ".checkpoint")
     saved = stale_checkpoint.read_bytes()  # each open writes a current one: put it back
@@ -163,6 +238,10 @@ def run(directory: Path, entries: int, ops: int, repeat: int) -> dict[str, Any]:
     results["append_empty"], results["append_big"] = compare_append_costs(
         directory, big, ops, repeat
     )
+    if baseline is not None:
+        results["append_baseline"], results["append_current"] = compare_implementations(
+            directory, baseline, ops, repeat
+        )
     return results
 
 
@@ -180,8 +259,20 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\n{'MessageLog() on the big log':44} {'seconds':>8}")
     for key, label in (("open_checkpoint_s", "current checkpoint (clean restart)"),
                        ("open_stale_checkpoint_s", "checkpoint 9,999 lines behind (kill -9)"),
-                       ("open_full_scan_s", "no checkpoint: full scan")):
+                       ("open_full_scan_s", "no checkpoint: full scan"),
+                       ("open_no_index_s", "no index: full scan and index rebuild")):
         print(f"{label:44} {results[key]:8.3f}")
+    small, big = results["page_small"], results["page_big"]
+    print(f"\n{'history_before(room, id, 100)':32} {SMALL_LOG:>12,} {entries + ' entries':>18}")
+    for key, label in (("median_us", "median µs per page"), ("mean_us", "mean µs per page"),
+                       ("mean_records", "records per page")):
+        print(f"{label:32} {small[key]:12.1f} {big[key]:18.1f}")
+    print(f"{'ratio of medians':32} {'':12} {big['median_us'] / small['median_us']:17.2f}x")
+    if "append_baseline" in results:
+        old, new = results["append_baseline"], results["append_current"]
+        print(f"\n{'per entry (µs), fresh log':32} {'baseline':>12} {'this one':>12} {'ratio':>7}")
+        for key in ("batch_1_us", "batch_100_us", "append_only_us"):
+            print(f"{key:32} {old[key]:12.2f} {new[key]:12.2f} {new[key] / old[key]:6.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,10 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", type=int, default=20_000, help="entries per append measurement")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--dir", type=Path, help="where to put the logs (default: a temp dir)")
+    parser.add_argument("--pages", type=int, default=6000, help="pages per log for latency")
+    parser.add_argument("--baseline", type=Path, help="another messagelog.py to compare with")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-        results = run(Path(directory), args.entries, args.ops, args.repeat)
+        results = run(Path(directory), args.entries, args.ops, args.repeat, args.pages,
+                      args.baseline)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -100,7 +100,10 @@ def assert_state(log: MessageLog, records: list[Record]) -> None:
 
 
 def crash_copy(log: MessageLog, directory: Path) -> Path:
-    """What `kill -9` would leave of `log` right now: its files, as they are on disk."""
+    """What `kill -9` would leave of `log` once its background thread has written the
+    checkpoints asked for: the log and the checkpoint, as they are on disk (not the index,
+    so the copy also rebuilds that from the log)."""
+    assert log.wait_idle(10)
     directory.mkdir()
     copy = directory / log.path.name
     shutil.copyfile(log.path, copy)
@@ -266,6 +269,8 @@ def test_a_checkpoint_holds_only_what_is_in_the_file(
     log.write_pending()
     assert read_records(log.path) == [message(1)]
     with MessageLog(crash_copy(log, tmp_path / "first")) as crashed:
+        assert crashed.recovery.checkpoint_used
+        assert crashed.recovery.lines_parsed == 0  # the checkpoint covers the whole file
         assert crashed.history("lobby") == [message(1)]
         assert crashed.next_id == 2
     log.write_pending()
@@ -548,16 +553,19 @@ def _corrupt_checkpoint(document: bytes) -> bytes:
 
 
 def _bump_version(document: bytes) -> bytes:
-    return document.replace(b'"version":1', b'"version":99')
+    assert b'"version":2' in document
+    return document.replace(b'"version":2', b'"version":99')
 
 
-def _shorter_history(document: bytes) -> bytes:
-    return document.replace(b'"history_size":10', b'"history_size":3')
-
-
-def _foreign_room(document: bytes) -> bytes:
+def _next_id_as_text(document: bytes) -> bytes:
     parsed = json.loads(document)
-    parsed["history"]["room1"][-1] = message(5, "room2")
+    parsed["next_id"] = str(parsed["next_id"])
+    return json.dumps(parsed).encode()
+
+
+def _no_fingerprints(document: bytes) -> bytes:
+    parsed = json.loads(document)
+    del parsed["tail_sha256"]
     return json.dumps(parsed).encode()
 
 
@@ -568,8 +576,8 @@ PROBLEMS = {"truncated": "the log has", "replaced": "does not match", "same size
 CHECKPOINT_CHANGES = {
     "half written": _corrupt_checkpoint,
     "unknown version": _bump_version,
-    "shorter history": _shorter_history,
-    "foreign record": _foreign_room,
+    "next id as text": _next_id_as_text,
+    "no fingerprints": _no_fingerprints,
 }
 
 
@@ -621,11 +629,15 @@ while True:
     if record_id % 4 == 0:
         log.append({{"event": "join", "time": timestamp(), "user": "bob", "room": "room1"}})
     log.write_pending()
-    print(record_id, flush=True)
+    # One write per line: the checkpoint thread prints too, and print() writes the
+    # newline apart, so two prints could interleave into one line.
+    sys.stdout.write("%d\\n" % record_id)
+    sys.stdout.flush()
 """
 
 # Checkpoints are the only files messagelog opens with "wb": the third one writes half
-# of its bytes, then hangs until the test kills the process.
+# of its bytes, then hangs until the test kills the process. Checkpoints are written by
+# the log's background thread, so the writer goes on meanwhile.
 STALL_IN_THIRD_CHECKPOINT = """
 import fileutil
 
@@ -639,7 +651,8 @@ class HalfWrite:
     def write(self, data):
         self.handle.write(data[: len(data) // 2])
         self.handle.flush()
-        print("STALL", flush=True)
+        sys.stdout.write("STALL\\n")
+        sys.stdout.flush()
         time.sleep(60)
 
 calls = 0
@@ -790,3 +803,348 @@ def test_a_lone_surrogate_is_written_escaped() -> None:
     assert b"\\ud800" in line
     assert decode_line(line) == message(1, text="bad \ud800 half")
     assert "😀".encode() in encode_record(message(1, text="😀"))
+
+
+# -- history memory budget ----------------------------------------------------------------
+
+LONG_TEXT = "x" * 4000 + "é" * 3999 + "😀"  # 8,000 characters, the server's maximum
+
+
+def test_a_room_flood_stays_within_the_history_budget(tmp_path: Path) -> None:
+    # An attacker posting 8,000-character messages into thousands of rooms: memory holds
+    # only what the budget allows, and every evicted room still answers from the disk.
+    budget = 1 * 2**20
+    log = MessageLog(tmp_path / "log.json", history_budget=budget, index_batch=10**6,
+                     index_delay=3600)  # nothing reaches the index until wait_idle
+    busy = [message(record_id, "busy", f"early {record_id}") for record_id in range(1, 16)]
+    for record in busy:
+        log.append(record)
+        log.write_pending()
+    flood = [message(record_id, f"room{record_id}", LONG_TEXT) for record_id in range(16, 3016)]
+    highest = 0
+    for record in flood:
+        log.append(record)
+        log.write_pending()
+        highest = max(highest, log.history_memory_bytes())
+    assert highest <= budget == log.history_budget
+    assert log.resident_rooms() < 100  # 3,001 rooms had messages
+    assert log.history("busy") == busy[-HISTORY:]  # evicted long ago: from the waiting entries
+    assert log.history("room16") == [flood[0]]
+    assert log.history_memory_bytes() <= budget
+    assert len(log.rooms()) == 3001
+    assert log.wait_idle(10)
+    assert log.history("room17") == [flood[1]]  # from the index now
+    log.close()
+    with MessageLog(log.path, history_budget=budget) as reopened:
+        assert reopened.history_memory_bytes() == 0  # nothing is loaded at open
+        assert reopened.history("busy") == busy[-HISTORY:]
+        assert reopened.rooms() == sorted(["busy"] + [record["room"] for record in flood])
+
+
+def test_the_budget_counts_what_the_history_really_takes(tmp_path: Path) -> None:
+    # history_memory_bytes() is what the budget is checked against, so it must not count
+    # less than the Python objects the history keeps alive (traced allocations).
+    import tracemalloc
+
+    log = MessageLog(tmp_path / "log.json", history_budget=2**30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for record_id in range(1, 4001):
+            room = f"room-{record_id % 300}"
+            log.append(message(record_id, room, "é" * (record_id * 7 % 300)))
+            log.write_pending()
+        assert log.wait_idle(10)  # entries waiting for the index are not history
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    accounted = log.history_memory_bytes()
+    assert log.resident_rooms() == 300
+    assert held <= accounted <= 2 * held, (held, accounted)
+    log.close()
+
+
+def test_a_room_with_lines_not_written_yet_is_not_evicted(tmp_path: Path) -> None:
+    log = MessageLog(tmp_path / "log.json", history_budget=0)
+    log.append(message(1, "a"))
+    log.append(message(2, "b"))
+    assert log.resident_rooms() == 2  # over the budget, but nothing else has these lines
+    assert log.history("a") == [message(1, "a")]
+    log.write_pending()
+    log.append(message(3, "c"))  # the next append evicts the written rooms
+    assert log.resident_rooms() == 1
+    assert log.history("a") == [message(1, "a")]  # read back from the file
+    assert log.history("b") == [message(2, "b")]
+    log.close()
+
+
+def test_an_evicted_room_that_gets_a_new_message_keeps_its_older_ones(tmp_path: Path) -> None:
+    log = MessageLog(tmp_path / "log.json", history_budget=3000)
+    older = [message(record_id, "a", f"older {record_id}") for record_id in range(1, 8)]
+    for record in older + [message(100 + n, f"other{n}", "y" * 500) for n in range(10)]:
+        log.append(record)
+        log.write_pending()
+    assert "a" not in log._history  # evicted by the others
+    newer = message(200, "a", "newer")
+    log.append(newer)
+    assert log.history("a") == older + [newer]  # the newest from memory, the rest from disk
+    log.close()
+
+
+# -- checkpoints do not hold up writing ---------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_writing_goes_on_while_a_checkpoint_is_being_written(tmp_path: Path) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_the_write(offset: int) -> None:  # runs in the log's background thread
+        if not release.is_set():
+            entered.set()
+            assert release.wait(30)
+
+    log = MessageLog(tmp_path / "log.json", checkpoint_every=5, on_checkpoint_write=hold_the_write)
+    records = [message(record_id, "lobby", f"n {record_id}") for record_id in range(1, 106)]
+    for record in records[:5]:
+        log.append(record)
+        log.write_pending()
+    assert entered.wait(10)  # the first checkpoint is being written now, and stays so
+
+    finished = threading.Event()
+
+    def write_more() -> None:
+        for record in records[5:]:
+            log.append(record)
+            log.write_pending()
+        finished.set()
+
+    writer = threading.Thread(target=write_more)
+    writer.start()
+    try:
+        assert finished.wait(10), "append/write_pending waited for the checkpoint"
+        assert read_records(log.path) == records  # written, not merely queued
+        assert log.history_before("lobby", None, 100) == records[5:]
+        assert not (tmp_path / "log.json.checkpoint").exists()  # still held
+    finally:
+        release.set()
+        writer.join()
+    assert log.wait_idle(10)
+    checkpoint = json.loads((tmp_path / "log.json.checkpoint").read_bytes())
+    assert checkpoint["offset"] == log.path.stat().st_size  # the latest request won
+    assert checkpoint["next_id"] == 106
+    with MessageLog(crash_copy(log, tmp_path / "crashed")) as crashed:
+        assert crashed.recovery.checkpoint_used
+        assert crashed.recovery.lines_parsed == 0
+    log.close()
+
+
+# -- the index and scrollback -------------------------------------------------------------
+
+def interleaved(count: int) -> tuple[list[Record], list[Record]]:
+    """`count` messages of #busy among messages of two other rooms, joins and privates."""
+    records: list[Record] = []
+    busy: list[Record] = []
+    record_id = 0
+    for number in range(count):
+        for room in ("#busy", "#other", "#third"):
+            record_id += 1
+            records.append(message(record_id, room, f"{room} {number} é"))
+            if room == "#busy":
+                busy.append(records[-1])
+        if number % 3 == 0:
+            record_id += 1
+            records.append(private(record_id))
+            records.append(join("#busy"))
+    return records, busy
+
+
+def page_all(log: MessageLog, room: str, limit: int) -> list[Record]:
+    """Every message of `room`, paged backwards from the newest, oldest first."""
+    pages: list[list[Record]] = []
+    before = None
+    while True:
+        page = log.history_before(room, before, limit)
+        assert len(page) <= limit
+        if not page:
+            break
+        pages.append(page)
+        before = page[0]["id"]
+    return [record for page in reversed(pages) for record in page]
+
+
+def test_scrollback_pages_through_a_room_with_no_duplicates_or_holes(tmp_path: Path) -> None:
+    records, busy = interleaved(1000)
+    path = tmp_path / "log.json"
+    log = MessageLog(path, index_batch=64, index_delay=3600, history_budget=0)
+    for number, record in enumerate(records):
+        log.append(record)
+        if number % 5 == 0:
+            log.write_pending()
+    # Some entries are in the index, the last ones still wait for it: pages merge both.
+    assert page_all(log, "#busy", 37) == busy
+    assert log.history_before("#busy", busy[500]["id"], 3) == busy[497:500]
+    assert log.history_before("#busy", 1, 100) == []
+    assert log.history_before("#nowhere") == []
+    assert log.wait_idle(10)
+    assert page_all(log, "#busy", 100) == busy
+    log.close()
+
+    with MessageLog(path) as reopened:  # the index is kept: nothing is read again
+        assert reopened.recovery.index_used
+        assert reopened.recovery.index_problem is None
+        assert reopened.recovery.index_lines == 0
+        assert page_all(reopened, "#busy", 100) == busy
+        assert page_all(reopened, "#other", 100) == [
+            record for record in records if record.get("room") == "#other"
+            and record["event"] == "message"]
+
+
+def test_scrollback_includes_what_was_appended_but_not_yet_written(tmp_path: Path) -> None:
+    with MessageLog(tmp_path / "log.json") as log:
+        log.append(message(1))
+        assert log.history_before("lobby") == [message(1)]  # it writes first
+        assert read_records(log.path) == [message(1)]
+
+
+@pytest.mark.parametrize("limit", [0, 101, True, 2.5, -1])
+def test_a_page_size_outside_1_to_100_is_refused(tmp_path: Path, limit: Any) -> None:
+    with MessageLog(tmp_path / "log.json") as log:
+        with pytest.raises(ValueError):
+            log.history_before("lobby", None, limit)
+        with pytest.raises(ValueError):
+            log.history_before("lobby", -5, 10)
+
+
+def test_a_page_is_one_seek_in_the_covering_index(tmp_path: Path) -> None:
+    # No scan of the table, let alone of the file: what makes a page cost the same on a
+    # log of 10,000,000 lines as on one of 100 (bench/logbench.py measures it).
+    with write_log(tmp_path / "log.json", mixed_records(300)) as log:
+        plan = log._index.query_plan()
+    assert "USING INDEX blocks_by_min (room=? AND min_id<?)" in plan
+    assert "SCAN" not in plan and "TEMP B-TREE" not in plan
+
+
+def test_a_torn_tail_that_cuts_into_indexed_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kill -9 style damage further back than the index's end (a lost page cache, say):
+    # the index rows past the log's new end are dropped, the rest is kept.
+    path = tmp_path / "log.json"
+    records = [message(record_id, "lobby", f"n {record_id}") for record_id in range(1, 201)]
+    write_log(path, records).close()
+    data = path.read_bytes()
+    cut = data.index(encode_record(records[149])) + 30  # in the middle of message 150
+    path.write_bytes(data[:cut])
+
+    with caplog.at_level(logging.WARNING, logger="messagelog"):
+        log = MessageLog(path)
+    assert log.recovery.torn_bytes == 30
+    assert log.recovery.index_used
+    assert "dropped the rows past its end" in log.recovery.index_problem
+    assert page_all(log, "lobby", 100) == records[:149]
+    assert log.history("lobby") == records[139:149]
+    assert log.next_id == 150
+    again = message(log.allocate_id(), "lobby", "written again")
+    log.append(again)
+    log.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="messagelog"):
+        with MessageLog(path) as reopened:
+            assert page_all(reopened, "lobby", 100) == records[:149] + [again]
+            assert reopened.recovery.index_lines == 0
+    assert caplog.text == ""
+
+
+def _delete(index: Path) -> None:
+    index.unlink()
+
+
+def _garbage(index: Path) -> None:
+    index.write_bytes(b"\x00garbage, not a database\n" * 200)
+
+
+def _foreign(index: Path) -> None:
+    import sqlite3
+
+    index.unlink()
+    for leftover in index.parent.glob(index.name + "-*"):
+        leftover.unlink()
+    with sqlite3.connect(index) as other:
+        other.execute("CREATE TABLE users(name TEXT)")
+        other.execute("INSERT INTO users VALUES ('someone else''s data')")
+    other.close()
+
+
+INDEX_DAMAGE = {"deleted": _delete, "garbage": _garbage, "foreign database": _foreign}
+INDEX_PROBLEMS = {"deleted": "no index", "garbage": "not an SQLite database",
+                  "foreign database": "other tables"}
+
+
+@pytest.mark.parametrize("damage", INDEX_DAMAGE)
+def test_a_missing_or_bad_index_is_rebuilt_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    records, busy = interleaved(200)
+    path = tmp_path / "log.json"
+    write_log(path, records).close()
+    index = tmp_path / "log.json.index"
+    INDEX_DAMAGE[damage](index)
+    damaged = index.read_bytes() if index.exists() else None
+
+    with caplog.at_level(logging.WARNING, logger="messagelog"):
+        log = MessageLog(path)
+    assert "rebuilding it from the whole log" in caplog.text
+    assert INDEX_PROBLEMS[damage] in log.recovery.index_problem
+    assert not log.recovery.index_used
+    assert log.recovery.index_lines == len(records)
+    assert log.recovery.checkpoint_used  # the checkpoint was fine: only the index is rebuilt
+    assert page_all(log, "#busy", 100) == busy
+    assert_state(log, records)
+    log.close()
+    if damaged is not None:  # never deleted: kept aside for whoever wants to look
+        assert (tmp_path / "log.json.index.bad").read_bytes() == damaged
+    with MessageLog(path) as reopened:
+        assert reopened.recovery.index_used and reopened.recovery.index_lines == 0
+
+
+def test_an_index_of_another_log_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "log.json"
+    write_log(path, mixed_records(100)).close()
+    others = [message(record_id, "room1", "another, longer log") for record_id in range(1, 300)]
+    path.write_bytes(b"".join(encode_record(record) for record in others))
+    with MessageLog(path) as log:
+        assert not log.recovery.index_used
+        assert "does not match" in log.recovery.index_problem
+        assert page_all(log, "room1", 100) == others
+
+
+def test_rooms_pages_through_memory_and_index(tmp_path: Path) -> None:
+    with MessageLog(tmp_path / "log.json", history_budget=5000) as log:
+        names = [f"room{number:03}" for number in range(120)]
+        for record_id, name in enumerate(names, 1):
+            log.append(message(record_id, name))
+            log.write_pending()
+        assert log.resident_rooms() < len(names)
+        assert log.rooms() == names
+        assert log.rooms(limit=10) == names[:10]
+        assert log.rooms(after="room050", limit=5) == names[51:56]
+        assert log.rooms(after="room119") == []
+
+
+def test_pages_are_exact_when_ids_come_out_of_order(tmp_path: Path) -> None:
+    # The server appends in id order, but a caller need not: a block that began below
+    # another may still hold a larger id, and the page must find it.
+    path = tmp_path / "log.json"
+    log = MessageLog(path)
+    for batch in ([1, 30], [10, 11], [5, 40, 2]):
+        for record_id in batch:
+            log.append(message(record_id, "r", f"n {record_id}"))
+        log.write_pending()
+        assert log.wait_idle(10)  # each batch becomes its own block
+    ids = [1, 2, 5, 10, 11, 30, 40]
+    for before, limit in [(None, 2), (31, 2), (30, 3), (11, 100), (3, 1), (None, 100)]:
+        below = [record_id for record_id in ids if before is None or record_id < before]
+        expected = [message(record_id, "r", f"n {record_id}") for record_id in below[-limit:]]
+        assert log.history_before("r", before, limit) == expected, (before, limit)
+    log.close()
+    with MessageLog(path) as reopened:
+        assert [record["id"] for record in reopened.history_before("r", None, 3)] == [11, 30, 40]
