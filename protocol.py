@@ -198,6 +198,7 @@ REQUEST_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
     "message": {"text": (str, True), "room": (str, False), "ref": (str, False)},
     "join": {"room": (str, True)},
     "leave": {"room": (str, False)},
+    "history": {"room": (str, True), "before": (int, False), "limit": (int, False)},
     "rooms": {"after": (str, False)},
     "list": {"room": (str, False), "after": (str, False)},
     "users": {"after": (str, False)},

@@ -43,6 +43,7 @@ USER_PAGE = 200
 ROOM_PAGE = 500
 TAKEOVER_REASON = "logged in elsewhere"
 MAX_ROOMS_PER_USER = 50
+HISTORY_PAGE = 100  # scrollback messages in one answer (messagelog.MAX_PAGE)
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
@@ -108,7 +109,9 @@ class Journal(Protocol):
     def allocate_id(self) -> int: ...
     def append(self, record: dict[str, Any]) -> None: ...
     def history(self, room: str) -> list[dict[str, Any]]: ...
-    def rooms(self) -> list[str]: ...
+    def history_before(self, room: str, before_id: int | None = None,
+                       limit: int = 100) -> list[dict[str, Any]]: ...
+    def rooms(self, *, after: str | None = None, limit: int | None = None) -> list[str]: ...
 
 
 class MemberStore(Protocol):
@@ -229,13 +232,39 @@ class ChatState:
                                 "member_count": len(members), "next": cursor})
 
     def list_rooms(self, member: Member, after: str | None = None) -> None:
-        """One page of the rooms: those with people in them and those with history."""
+        """One page of the rooms: those with people in them and those with history. The
+        rooms with history come a page at a time from the journal (its index), so the
+        cost of a page does not grow with the number of rooms ever used."""
         with self.lock:
-            names = sorted(set(self._rooms) | set(self.journal.rooms()) | {COMMON_ROOM})
-            page, cursor = page_of_names(names, after, ROOM_PAGE)
+            online = sorted(name for name in set(self._rooms) | {COMMON_ROOM}
+                            if after is None or name > after)
+            logged = self.journal.rooms(after=after, limit=ROOM_PAGE + 1)
+            names = sorted(set(online[: ROOM_PAGE + 1]) | set(logged))
+            page, cursor = page_of_names(names, None, ROOM_PAGE)
             rooms = [{"room": name, "members": len(self._rooms.get(name, ()))} for name in page]
-            self._send(member, {"type": "rooms", "rooms": rooms, "room_count": len(names),
-                                "next": cursor})
+            self._send(member, {"type": "rooms", "rooms": rooms, "next": cursor})
+
+    def history_page(self, member: Member, room_name: str, before: int | None,
+                     limit: int) -> None:
+        """Scrollback: up to `limit` (1 to HISTORY_PAGE) messages of one of the member's
+        rooms with ids below `before` (None: the latest), oldest first, and whether older
+        ones exist. Read from the journal's index outside the lock: it may touch disk."""
+        room = normalize_room(room_name)
+        if not 1 <= limit <= HISTORY_PAGE:
+            raise RequestError(f"a history page holds 1 to {HISTORY_PAGE} messages")
+        with self.lock:
+            if room not in member.rooms:
+                raise RequestError(f"you are not in {room}; join it to read its history")
+        try:
+            records = self.journal.history_before(room, before, limit)
+            more = bool(records) and bool(self.journal.history_before(room, records[0]["id"], 1))
+        except ValueError as exc:
+            raise RequestError(f"bad history request: {exc}") from None
+        except OSError:
+            raise RequestError("the server cannot read its history just now") from None
+        messages = [{key: value for key, value in r.items() if key != "event"} for r in records]
+        self._send(member, {"type": "history", "room": room, "before": before,
+                            "messages": messages, "more": more})
 
     def list_users(self, member: Member, after: str | None = None) -> None:
         """One page of everyone online, with their current room and all their rooms."""

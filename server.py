@@ -40,7 +40,7 @@ from typing import Any, Callable, NoReturn
 from errors import GapshapeError, ServerFull
 from gapshape_version import __version__
 from keyregistry import KeyRegistry, KeyRegistryError
-from messagelog import MessageLog, decode_line
+from messagelog import HISTORY_BUDGET, MessageLog, decode_line
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from floodcontrol import FloodLedger, RegistrationQuota
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
@@ -59,6 +59,7 @@ class ServerConfig:
     log_path: Path = Path("messageslog.json")
     registry_path: Path | None = None  # default: keyregistry.json beside the log
     user_store_path: Path | None = None  # default: userstate.sqlite3 beside the log
+    history_budget: int = HISTORY_BUDGET  # bytes of room history the log keeps in memory
     queue_per_user: int = 200  # private messages waiting for one offline user
     queue_total: int = 100_000
     queue_bytes: int = 512 * 1024 * 1024
@@ -97,7 +98,7 @@ class ChatServer:
         self.config = config
         self.tls_context = _make_tls_context(config)
         self.server_id = _server_id(config)
-        self.log = MessageLog(config.log_path)
+        self.log = MessageLog(config.log_path, history_budget=config.history_budget)
         self.registry = KeyRegistry(config.registry, max_names_per_key=config.max_names_per_key)
         self.registration_lock = threading.Lock()
         self.registrations = RegistrationQuota(config.registrations_per_address,
@@ -484,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=d.port, help="TCP port; 0 picks a free one (default %(default)s)")
     p.add_argument("--log", type=Path, default=d.log_path, help="message log, JSON Lines (default %(default)s)")
     p.add_argument("--registry", type=Path, help="username -> key registry (default: keyregistry.json beside the log)")
+    p.add_argument("--history-budget", type=at_least_one, default=d.history_budget, help="bytes of room history kept in memory; rooms used least lately are read back from disk (default %(default)s)")
     p.add_argument("--user-store", type=Path, help="users' rooms and waiting private messages, SQLite (default: userstate.sqlite3 beside the log)")
     p.add_argument("--queue-per-user", type=at_least_one, default=d.queue_per_user, help="private messages kept for one offline user (default %(default)s)")
     p.add_argument("--queue-total", type=at_least_one, default=d.queue_total, help="private messages kept for all offline users (default %(default)s)")
@@ -514,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port, log_path=args.log, registry_path=args.registry,
-        user_store_path=args.user_store, queue_per_user=args.queue_per_user,
+        user_store_path=args.user_store, history_budget=args.history_budget,
+        queue_per_user=args.queue_per_user,
         queue_total=args.queue_total, queue_bytes=args.queue_bytes,
         queue_max_age=args.queue_max_age,
         max_frame_size=args.max_frame, outbox_limit=args.outbox_limit,

@@ -219,6 +219,10 @@ class Session:
         self.server.state.join(self._me, frame["room"])
         log.info("join %s -> %s", self._me.name, self._me.room)
 
+    def on_history(self, frame: Frame) -> None:
+        self.server.state.history_page(self._me, frame["room"], frame.get("before"),
+                                       frame.get("limit", DEFAULT_HISTORY_PAGE))
+
     def on_leave(self, frame: Frame) -> None:
         self.server.state.leave(self._me, frame.get("room"))
 
@@ -281,12 +285,14 @@ def _b64decode(value: str, field: str) -> bytes:
 
 _BEFORE_LOGIN = {"hello", "auth", "ping", "pong", "quit"}
 MAX_ACK_IDS = 1000
+DEFAULT_HISTORY_PAGE = 50
 _HANDLERS: dict[str, Callable[[Session, Frame], None]] = {
     "hello": Session.on_hello,
     "auth": Session.on_auth,
     "message": Session.on_message,
     "join": Session.on_join,
     "leave": Session.on_leave,
+    "history": Session.on_history,
     "ack": Session.on_ack,
     "rooms": Session.on_rooms,
     "list": Session.on_list,

@@ -301,3 +301,38 @@ def test_ack_takes_only_a_list_of_ids_and_only_ones_own(server_factory: Any, key
     assert chat.users.mailbox_size()[0] == 1
     envelope_b64 = base64.b64encode(json.dumps(ENVELOPE).encode()).decode()
     assert envelope_b64  # the envelope is stored as the frame's bytes, never decoded
+
+
+# -- scrollback -----------------------------------------------------------------------------
+
+def test_scrollback_pages_through_a_thousand_messages_without_duplicates_or_holes(
+    server_factory: Any, key_pool: Any
+) -> None:
+    chat = server_factory(rate=0)
+    ann = RawPeer(chat.address)
+    ann.login("ann", key_pool.get(0))
+    join(ann, "#other")
+    ids = []
+    for n in range(1000):
+        room = "#common" if n % 3 else "#other"  # interleaved with another room
+        ann.send({"type": "message", "room": room, "text": f"m{n}", "ref": f"r{n}"})
+        if room == "#common":
+            ids.append(n)
+    ann.wait_for(lambda f: f.get("ref") == "r999")
+    seen: list[str] = []
+    before = None
+    while True:
+        request: dict[str, Any] = {"type": "history", "room": "common", "limit": 100}
+        if before is not None:
+            request["before"] = before
+        ann.send(request)
+        page = ann.wait_for("history")
+        seen = [m["text"] for m in page["messages"]] + seen
+        if not page["more"]:
+            break
+        before = page["messages"][0]["id"]
+    assert seen == [f"m{n}" for n in ids]
+    ann.send({"type": "history", "room": "#nowhere"})
+    assert "not in #nowhere" in ann.wait_for("error")["message"]
+    ann.send({"type": "history", "room": "#common", "limit": 101})
+    assert "1 to 100" in ann.wait_for("error")["message"]
