@@ -114,9 +114,9 @@ def test_two_terminal_clients_chat_and_quit(processes, tmp_path, key_pool):
     assert TIME_PREFIX.match(line) and "#common" in line
 
     bob.type("/privatemsg alice psst, emoji too 🎉")
-    line = alice.wait_line(r"\[private, encrypted, key verified\] bob -> you: psst, emoji too 🎉")
+    line = alice.wait_line(r"\[private, encrypted, not verified\] bob -> you: psst, emoji too 🎉")
     assert TIME_PREFIX.match(line)
-    bob.wait_line(r"\[private, encrypted\] you -> alice: psst")
+    bob.wait_line(r"\[private, encrypted, not verified\] you -> alice: psst")
 
     bob.type("/nonsense")
     bob.wait_line(r"error: unknown command /nonsense; the commands are /privatemsg")
