@@ -714,9 +714,16 @@ class ChatClient:
             self._seal_and_send(pending, key)
             return pending.ref
         with self._state_lock:
-            waiting = self._awaiting_key.setdefault(peer.casefold(), [])
-            waiting.append(pending)
-            first = len(waiting) == 1
+            crowded = sum(map(len, self._awaiting_key.values())) >= pacing.SEND_QUEUE_LIMIT
+            if not crowded:
+                waiting = self._awaiting_key.setdefault(peer.casefold(), [])
+                waiting.append(pending)
+                first = len(waiting) == 1
+        if crowded:  # the server is not answering key requests; keep the bound
+            self._refuse(self._private_out(pending, None), "queue_full",
+                         f"{pacing.SEND_QUEUE_LIMIT} private messages are already waiting "
+                         "for their recipients' keys")
+            return ""
             if first:
                 key_ref = _new_ref()
                 self._key_refs[key_ref] = peer.casefold()
@@ -1351,8 +1358,8 @@ def main(argv: list[str] | None = None) -> int:
         client = ChatClient(args.username, args.host, args.port, data_dir=args.data_dir,
                             passphrase=os.environ.get("GAPSHAPE_PASSPHRASE"), tls=tls)
         show(client.connect())
-    except (LoginError, identity.IdentityError) as exc:
-        print(f"cannot log in: {exc}", file=sys.stderr)
+    except (LoginError, identity.IdentityError) as exc:  # the message may come from the server
+        print(f"cannot log in: {sanitize.inert(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
