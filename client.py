@@ -744,9 +744,14 @@ class ChatClient:
         Before the recipient's key is known, the largest key allowed is assumed."""
         size = len(pending.text.encode("utf-8", "replace"))
         recipient_bits = key.size_in_bits() if key is not None else auth.MAX_KEY_BITS
-        limit = largest_private_text(self.limits.max_frame, self.username, pending.peer,
-                                     pending.ref, self.identity.private_key.size_in_bits(),
-                                     recipient_bits)
+        try:
+            limit = largest_private_text(self.limits.max_frame, self.username, pending.peer,
+                                         pending.ref, self.identity.private_key.size_in_bits(),
+                                         recipient_bits)
+        except crypto.CryptoError:  # an envelope cannot even name this recipient
+            self._refuse(self._private_out(pending, None), "invalid_name",
+                         f"{sanitize.inert(pending.peer)} is not a valid username")
+            return False
         if size <= limit:
             return True
         self._refuse(self._private_out(pending, None), "too_long",

@@ -246,3 +246,13 @@ def test_refs_are_random_and_reveal_nothing(chat_server, client_factory):
     refs = [alice.say(f"r {n}") for n in range(3)]
     assert len(set(refs)) == 3 and all(len(r) == 12 for r in refs)
     assert all(int(r, 16) >= 0 for r in refs)  # 48 random bits each, not a counter
+
+
+def test_a_private_message_to_an_impossible_name_is_refused_locally(chat_server,
+                                                                    client_factory):
+    alice = client_factory(chat_server, "alice")
+    assert alice.send_private("x" * 65, "hello") == ""
+    refused = alice.recorder.wait_for(NotSent)
+    assert refused.code == "invalid_name" and refused.text == "hello"
+    alice.say("still fine")
+    alice.recorder.wait_for(said("still fine"))
