@@ -715,18 +715,18 @@ class ChatClient:
             return pending.ref
         with self._state_lock:
             crowded = sum(map(len, self._awaiting_key.values())) >= pacing.SEND_QUEUE_LIMIT
+            first = key_ref = ""
             if not crowded:
                 waiting = self._awaiting_key.setdefault(peer.casefold(), [])
                 waiting.append(pending)
-                first = len(waiting) == 1
+                if len(waiting) == 1:
+                    first = key_ref = _new_ref()
+                    self._key_refs[key_ref] = peer.casefold()
         if crowded:  # the server is not answering key requests; keep the bound
             self._refuse(self._private_out(pending, None), "queue_full",
                          f"{pacing.SEND_QUEUE_LIMIT} private messages are already waiting "
                          "for their recipients' keys")
             return ""
-            if first:
-                key_ref = _new_ref()
-                self._key_refs[key_ref] = peer.casefold()
         if first:  # otherwise the key is already on its way
             try:
                 self._submit(_Outgoing({"type": "get_key", "user": peer, "ref": key_ref}))
