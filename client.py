@@ -4,11 +4,19 @@
 turns frames into typed events (the dataclasses below) and puts them on `client.events`, a
 queue the caller drains (the terminal prints them; clientgui.py polls it with `after()`).
 Methods that send (`say`, `join`, `send_private`, ... and `execute` for a typed line) may
-be called from any thread: they only encode and write under a lock.
+be called from any thread and never lose a message silently: frames are paced to the
+server's `welcome.limits` (pacing.py) by a sender thread with a bounded queue, every
+message carries a random `ref`, and any refusal (by the server, or locally: too long,
+queue full, key changed, offline) comes back as one `NotSent` event with the text.
 
 Private messages are sealed here with crypto.py: the recipient's key is fetched from the
 server, checked against the pin in known_keys.json (trust on first use), and a changed key
-stops all traffic with that user until `/trust <user>`.
+stops all traffic with that user until `/trust <user>`, which accepts exactly the offered
+key that was shown (docs/SECURITY.md, "When a contact's key changes"). `/verify <user>`
+records that the user compared the fingerprint out of band; events say `verified`.
+
+Everything printed goes through `sanitize.inert`: text from the network cannot forge
+lines or drive the terminal.
 
     python client.py --username alice [--host 127.0.0.1] [--port 5050] [--json]
 """
