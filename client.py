@@ -523,10 +523,10 @@ class ChatClient:
                 self._track(out)
                 try:  # written under the queue's lock, so nothing can overtake it
                     self._write(out.frame)
-                except OSError:
+                except OSError as exc:
                     self._untrack(out)
                     self._refuse(out, "offline", "the connection failed")
-                    raise
+                    raise ConnectionError(f"the connection failed: {exc}") from exc
                 return True
             try:
                 self._queue.put(out)
@@ -548,9 +548,9 @@ class ChatClient:
             try:
                 self._write(out.frame)
             except OSError:
-                self._untrack(out)
-                self._refuse(out, "offline", "the connection failed before it was sent")
-                self._shut_down_sending()
+                if self._untrack(out):  # else the reader's shutdown reported it already
+                    self._refuse(out, "offline", "the connection failed before it was sent")
+                self._shut_down_sending(report_unconfirmed=False)  # echoes may still come in
                 return
             finally:
                 with self._queue_cond:
@@ -571,15 +571,17 @@ class ChatClient:
             return self._queue.pop()
         return None
 
-    def _shut_down_sending(self) -> None:
-        """The connection is gone: every message still queued or unconfirmed is reported."""
+    def _shut_down_sending(self, report_unconfirmed: bool = True) -> None:
+        """The connection is gone: every message still queued is reported, and (once the
+        reader has seen the end, so no echo can follow) every one sent but unconfirmed."""
         with self._queue_cond:
             self._offline = True
             waiting = self._queue.drain()
             self._queue_cond.notify_all()
         with self._state_lock:
-            unconfirmed = list(self._unconfirmed.values())
-            self._unconfirmed.clear()
+            unconfirmed = list(self._unconfirmed.values()) if report_unconfirmed else []
+            if report_unconfirmed:
+                self._unconfirmed.clear()
             pending = [p for group in self._awaiting_key.values() for p in group]
             self._awaiting_key.clear()
         for out in unconfirmed:
@@ -600,9 +602,13 @@ class ChatClient:
             while len(self._unconfirmed) > MAX_UNCONFIRMED:
                 self._unconfirmed.popitem(last=False)  # the server never answered these
 
-    def _untrack(self, out: _Outgoing) -> None:
+    def _untrack(self, out: _Outgoing) -> bool:
+        """Forget a message that could not be written; False if it was not tracked
+        (not a message, or already reported)."""
+        if not out.is_message:
+            return True
         with self._state_lock:
-            self._unconfirmed.pop(out.ref, None)
+            return self._unconfirmed.pop(out.ref, None) is not None
 
     def _confirmed(self, ref: object) -> _Outgoing | None:
         if not isinstance(ref, str):

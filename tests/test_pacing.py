@@ -261,3 +261,27 @@ def test_a_private_message_to_an_impossible_name_is_refused_locally(chat_server,
     assert refused.code == "invalid_name" and refused.text == "hello"
     alice.say("still fine")
     alice.recorder.wait_for(said("still fine"))
+
+
+def test_when_the_connection_drops_every_line_is_either_delivered_or_reported(
+        chat_server, client_factory, proxies):
+    """A paste is under way (most lines still queued by the pacer) when the connection
+    breaks: each line was echoed by the server or comes back as NotSent, never neither."""
+    def cut(direction, frame):
+        if direction == "up" and frame.get("text") == "line 10":
+            return [frame, HANG_UP]
+        return [frame]
+
+    alice = client_factory(proxies(chat_server, cut), "alice")
+    lines = [f"line {n}" for n in range(60)]
+    for line in lines:
+        try:
+            alice.say(line)
+        except OSError:  # once the client knows it is offline (NotSent says so too)
+            pass
+    alice.recorder.wait_for(Disconnected)
+    echoed = [e.text for e in alice.recorder.of_type(RoomMessage) if e.own and not e.history]
+    reported = [e.text for e in alice.recorder.of_type(NotSent)]
+    assert sorted(echoed + reported, key=lines.index) == lines
+    assert {e.code for e in alice.recorder.of_type(NotSent)} <= {"offline", "unconfirmed"}
+    assert "line 59" in reported
