@@ -590,7 +590,7 @@ class ChatClient:
         for out in waiting:
             self._refuse(out, "offline", "the connection closed before it was sent")
         for private in pending:
-            self._refuse(_Outgoing({}, private.ref, private.peer, private.text), "offline",
+            self._refuse(self._private_out(private, None), "offline",
                          "the connection closed before it was sent")
 
     def _track(self, out: _Outgoing) -> None:
