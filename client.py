@@ -4,11 +4,19 @@
 turns frames into typed events (the dataclasses below) and puts them on `client.events`, a
 queue the caller drains (the terminal prints them; clientgui.py polls it with `after()`).
 Methods that send (`say`, `join`, `send_private`, ... and `execute` for a typed line) may
-be called from any thread: they only encode and write under a lock.
+be called from any thread and never lose a message silently: frames are paced to the
+server's `welcome.limits` (pacing.py) by a sender thread with a bounded queue, every
+message carries a random `ref`, and any refusal (by the server, or locally: too long,
+queue full, key changed, offline) comes back as one `NotSent` event with the text.
 
 Private messages are sealed here with crypto.py: the recipient's key is fetched from the
 server, checked against the pin in known_keys.json (trust on first use), and a changed key
-stops all traffic with that user until `/trust <user>`.
+stops all traffic with that user until `/trust <user>`, which accepts exactly the offered
+key that was shown (docs/SECURITY.md, "When a contact's key changes"). `/verify <user>`
+records that the user compared the fingerprint out of band; events say `verified`.
+
+Everything printed goes through `sanitize.inert`: text from the network cannot forge
+lines or drive the terminal.
 
     python client.py --username alice [--host 127.0.0.1] [--port 5050] [--json]
 """
@@ -16,17 +24,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import hashlib
-import itertools
-import json
+import io
 import logging
 import os
 import queue
+import secrets
 import socket
 import ssl
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +43,8 @@ from typing import Any, Callable
 import auth
 import crypto
 import identity
+import pacing
+import sanitize
 from commands import Command, CommandError, Say, manual_text, parse_line
 from errors import ProtocolError
 from protocol import MAX_SERVER_FRAME_SIZE, PROTOCOL_VERSION, Frame, FrameDecoder, encode_frame
@@ -41,7 +52,6 @@ from protocol import MAX_SERVER_FRAME_SIZE, PROTOCOL_VERSION, Frame, FrameDecode
 log = logging.getLogger("gapshape.client")
 
 CLIENT_NAME = "gapshape-client/1"
-MAX_PRIVATE_CHARS = 8000
 
 
 # -- events -------------------------------------------------------------------------------
@@ -80,6 +90,7 @@ class RoomMessage(Event):
     time: str
     history: bool = False
     own: bool = False
+    ref: str = ""  # our own echo: the ref `say` returned
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class RoomJoined(Event):
     members: tuple[MemberInfo, ...]
     history: tuple[RoomMessage, ...]
     time: str
+    member_count: int = 0  # everyone in the room; `members` may be the first page only
+    complete: bool = True  # False: ask `fetch_all("list")` for the rest
 
 
 @dataclass(frozen=True)
@@ -119,16 +132,22 @@ class StatusChanged(Event):
 class MemberList(Event):
     room: str
     members: tuple[MemberInfo, ...]
+    member_count: int = 0
+    complete: bool = True  # False: one page (or a cut-short list) of a longer one
 
 
 @dataclass(frozen=True)
 class RoomList(Event):
     rooms: tuple[tuple[str, int], ...]
+    room_count: int = 0
+    complete: bool = True
 
 
 @dataclass(frozen=True)
 class UserList(Event):
     users: tuple[MemberInfo, ...]
+    user_count: int = 0
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,8 +159,9 @@ class PrivateMessage(Event):
     text: str
     time: str
     outgoing: bool
-    fingerprint: str  # the peer's pinned key
-    verified: bool = True
+    fingerprint: str  # the peer's pinned key, readable form (auth.readable_fingerprint)
+    verified: bool = False  # the user compared that fingerprint out of band (/verify)
+    ref: str = ""  # outgoing: the ref `send_private` returned
 
 
 @dataclass(frozen=True)
@@ -155,19 +175,31 @@ class PrivateRejected(Event):
 
 @dataclass(frozen=True)
 class KeyWarning(Event):
-    """The server offered a key for `user` that differs from the pinned one."""
+    """The server offered a key for `user` that differs from the pinned one.
+
+    Both fingerprints are in the readable form /fingerprint shows. `/trust user` accepts
+    exactly the offered key shown here; `verified` says whether the pinned key (the one
+    being replaced) had been verified by the user, which makes the change more alarming.
+    """
 
     user: str
     pinned_fingerprint: str
     offered_fingerprint: str
+    verified: bool = False
 
 
 @dataclass(frozen=True)
 class Notice(Event):
-    """Local information for the user (manual, fingerprints, confirmations)."""
+    """Local information for the user (manual, fingerprints, confirmations).
+
+    For topics "fingerprint", "trust" and "verify", `user` names the contact and
+    `verified` says whether their pinned key is verified.
+    """
 
     text: str
     topic: str = ""
+    user: str = ""
+    verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,9 +210,22 @@ class ErrorEvent(Event):
 
 
 @dataclass(frozen=True)
+class NotSent(ErrorEvent):
+    """A message the user wrote was not sent (or not confirmed): the server refused the
+    frame with this `ref`, or the client refused it locally (too long, key changed, send
+    queue full, offline). `target` is "#room" or the peer; `text` is kept for resending.
+    It is an ErrorEvent, so code/message/request read as for any error."""
+
+    ref: str = ""
+    target: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Disconnected(Event):
     reason: str
     clean: bool
+    replaced: bool = False  # "logged in elsewhere": another login took over; do not reconnect
 
 
 class LoginError(Exception):
@@ -200,13 +245,94 @@ class TlsSettings:
     server_hostname: str | None = None
 
 
+#: The `bye` reason of a connection replaced by a newer login of the same user.
+REPLACED_REASON = "logged in elsewhere"
+
+
+def largest_private_text(max_frame: int, sender: str, recipient: str, ref: str,
+                         sender_key_bits: int, recipient_key_bits: int) -> int:
+    """The most plaintext bytes whose sealed `private` frame fits in `max_frame` bytes.
+
+    The frame is measured, not estimated: a template envelope with fields of the exact
+    lengths (wrapped key and signature as long as the two RSA moduli, 12-byte nonce,
+    16-byte tag, 32-digit id, 24-character time) and an empty ciphertext gives the
+    overhead; the ciphertext is as long as the plaintext (GCM) and grows by 4 base64
+    characters per 3 bytes.
+    """
+    template = crypto.Envelope(
+        crypto.ENVELOPE_VERSION, sender, recipient, "0" * 32, "2000-01-01T00:00:00.000Z",
+        bytes((recipient_key_bits + 7) // 8), bytes(crypto.NONCE_BYTES), b"",
+        bytes(crypto.TAG_BYTES), bytes((sender_key_bits + 7) // 8))
+    overhead = len(encode_frame(_private_frame(recipient, template, ref)))
+    room = max(0, max_frame - overhead)
+    return min(crypto.MAX_PLAINTEXT_BYTES, room // 4 * 3)
+
+
+def _private_frame(peer: str, envelope: crypto.Envelope, ref: str) -> dict[str, Any]:
+    return {"type": "private", "to": peer, "envelope": envelope.to_fields(), "ref": ref}
+
+
+def _new_ref() -> str:
+    """A random ref per frame: nothing about how many frames we sent, or of which kind,
+    can be read from it (servers before protocol 2 showed refs to the whole room)."""
+    return secrets.token_hex(6)
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
 # -- the client ---------------------------------------------------------------------------
+
+@dataclass
+class _Outgoing:
+    """One frame on its way out. Messages (room or private) carry their text, so that a
+    refusal can say which message it was and give it back for resending."""
+
+    frame: dict[str, Any]
+    ref: str = ""
+    target: str = ""  # "#room" or the peer
+    text: str | None = None  # None: not a message (join, status, get_key, ...)
+
+    @property
+    def is_message(self) -> bool:
+        return self.text is not None
+
 
 @dataclass
 class _PendingPrivate:
     peer: str
     text: str
     ref: str
+
+
+@dataclass
+class _Offer:
+    """A key the server offered for a contact that differs from the pin."""
+
+    der: bytes
+    fingerprint: str  # hex SHA-256, as pins store it
+    #: Another key was on offer before this one: /trust refuses once (the user may have
+    #: compared the earlier one) and shows this one in a new warning.
+    replaced_earlier: bool = False
+
+
+@dataclass
+class _PageFetch:
+    """A listing being collected page by page (`fetch_all`)."""
+
+    request: dict[str, Any]
+    items: list[Any] = field(default_factory=list)
+    pages: int = 0
+    last_cursor: str = ""
+
+
+#: Where listings stop being fetched page by page (a hostile server could page forever).
+MAX_LISTED_ITEMS = 50_000
+#: Refs of messages sent but not yet echoed or acknowledged that the client keeps.
+MAX_UNCONFIRMED = 2 * pacing.SEND_QUEUE_LIMIT
+
+_LISTING_ANSWERS = {"list": "members", "rooms": "rooms", "users": "users"}
 
 
 class ChatClient:
@@ -237,18 +363,29 @@ class ChatClient:
         self.replay_guard = identity.replay_guard(self.data_dir, username)
         self.room = ""
         self.server_id = ""
+        self.limits = pacing.Limits()
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder(MAX_SERVER_FRAME_SIZE)
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
         self._closing = False
-        self._refs = (f"r{n}" for n in itertools.count(1))
-        self._peer_keys: dict[str, Any] = {}  # casefolded user -> verified RsaKey, this session
-        self._offered: dict[str, bytes] = {}  # user whose key changed -> offered DER, for /trust
+        self._replaced = False
+        # Sending: every frame but pong goes through the pacer, in order.
+        self._pacer = pacing.Pacer(0, 1)
+        self._queue: pacing.SendQueue[_Outgoing] = pacing.SendQueue()
+        self._queue_cond = threading.Condition()
+        self._in_flight = False
+        self._offline = False  # the connection is gone: nothing more is accepted
+        self._unconfirmed: collections.OrderedDict[str, _Outgoing] = collections.OrderedDict()
+        # Keys and trust.
+        self._peer_keys: dict[str, Any] = {}  # casefolded user -> key matching the pin
+        self._offers: dict[str, _Offer] = {}  # casefolded user -> changed key on offer
         self._awaiting_key: dict[str, list[_PendingPrivate]] = {}
-        self._sent: dict[str, _PendingPrivate] = {}  # ref -> message awaiting the server's ack
+        self._key_refs: dict[str, str] = {}  # ref of a get_key -> casefolded user
         self._fingerprint_requests: set[str] = set()  # users whose /fingerprint awaits a key
+        self._pages: dict[str, _PageFetch] = {}  # answer type -> listing being collected
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -267,7 +404,9 @@ class ChatClient:
             raise
         sock.settimeout(None)
         self._reader = threading.Thread(target=self._read_loop, name="gapshape-reader", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="gapshape-sender", daemon=True)
         self._reader.start()
+        self._sender.start()
         return welcome
 
     def _wrap_tls(self, sock: socket.socket) -> ssl.SSLSocket:
@@ -322,6 +461,8 @@ class ChatClient:
         frame = self._expect("welcome")
         self.username = frame["user"]
         self.room = frame["room"]
+        self.limits = pacing.Limits.from_welcome(frame.get("limits"))
+        self._pacer = pacing.Pacer(self.limits.rate, self.limits.burst)
         return Welcome(frame["user"], frame["room"], frame["server_id"], frame["time"])
 
     def _channel_id(self) -> str:
@@ -355,15 +496,133 @@ class ChatClient:
             if frame["type"] == "ping":
                 self._write({"type": "pong", "data": frame.get("data", "")})
 
-    # -- sending --------------------------------------------------------------------------
+    # -- sending: the pacer and its queue ---------------------------------------------------
 
     def _write(self, frame: dict[str, Any]) -> None:
+        """Write one frame now, bypassing the pacer (login frames and pong only)."""
         data = encode_frame(frame)
         sock = self._sock
         if sock is None:
             raise ConnectionError("not connected")
         with self._send_lock:
             sock.sendall(data)
+
+    def _submit(self, out: _Outgoing) -> bool:
+        """Send `out` now if the pacer allows and nothing waits before it, else queue it.
+
+        Returns False if it was refused; a refused message is reported as NotSent at once
+        (queue full, or offline: then ConnectionError is raised as well, so callers that
+        loop on sending learn the connection is gone)."""
+        with self._queue_cond:
+            if self._offline or self._sock is None:
+                self._refuse(out, "offline", "you are not connected")
+                raise ConnectionError("not connected")
+            if self._pacer.unlimited or (not len(self._queue) and not self._in_flight
+                                         and self._pacer.delay() == 0):
+                self._pacer.take()
+                self._track(out)
+                try:  # written under the queue's lock, so nothing can overtake it
+                    self._write(out.frame)
+                except OSError as exc:
+                    self._untrack(out)
+                    self._refuse(out, "offline", "the connection failed")
+                    raise ConnectionError(f"the connection failed: {exc}") from exc
+                return True
+            try:
+                self._queue.put(out)
+            except pacing.SendQueueFull as exc:
+                self._refuse(out, "queue_full", f"{exc}; wait a moment and send it again")
+                return False
+            self._queue_cond.notify_all()
+            return True
+
+    def _send_loop(self) -> None:
+        """The sender thread: writes queued frames as the pacer's tokens come in."""
+        while True:
+            with self._queue_cond:
+                out = self._next_due()
+                if out is None:
+                    return
+                self._in_flight = True
+                self._track(out)
+            try:
+                self._write(out.frame)
+            except OSError:
+                if self._untrack(out):  # else the reader's shutdown reported it already
+                    self._refuse(out, "offline", "the connection failed before it was sent")
+                self._shut_down_sending(report_unconfirmed=False)  # echoes may still come in
+                return
+            finally:
+                with self._queue_cond:
+                    self._in_flight = False
+                    self._queue_cond.notify_all()
+
+    def _next_due(self) -> _Outgoing | None:
+        """Wait (lock held) until the first queued frame may go; None once offline."""
+        while not self._offline:
+            if not len(self._queue):
+                self._queue_cond.wait()
+                continue
+            delay = self._pacer.delay()
+            if delay > 0:
+                self._queue_cond.wait(delay)
+                continue
+            self._pacer.take()
+            return self._queue.pop()
+        return None
+
+    def _shut_down_sending(self, report_unconfirmed: bool = True) -> None:
+        """The connection is gone: every message still queued is reported, and (once the
+        reader has seen the end, so no echo can follow) every one sent but unconfirmed."""
+        with self._queue_cond:
+            self._offline = True
+            waiting = self._queue.drain()
+            self._queue_cond.notify_all()
+        with self._state_lock:
+            unconfirmed = list(self._unconfirmed.values()) if report_unconfirmed else []
+            if report_unconfirmed:
+                self._unconfirmed.clear()
+            pending = [p for group in self._awaiting_key.values() for p in group]
+            self._awaiting_key.clear()
+        for out in unconfirmed:
+            self._refuse(out, "unconfirmed", "the connection closed before the server "
+                         "confirmed it; it may not have been delivered")
+        for out in waiting:
+            self._refuse(out, "offline", "the connection closed before it was sent")
+        for private in pending:
+            self._refuse(self._private_out(private, None), "offline",
+                         "the connection closed before it was sent")
+
+    def _track(self, out: _Outgoing) -> None:
+        """Remember a message until the server echoes, acknowledges or refuses it."""
+        if not out.is_message:
+            return
+        with self._state_lock:
+            self._unconfirmed[out.ref] = out
+            while len(self._unconfirmed) > MAX_UNCONFIRMED:
+                self._unconfirmed.popitem(last=False)  # the server never answered these
+
+    def _untrack(self, out: _Outgoing) -> bool:
+        """Forget a message that could not be written; False if it was not tracked
+        (not a message, or already reported)."""
+        if not out.is_message:
+            return True
+        with self._state_lock:
+            return self._unconfirmed.pop(out.ref, None) is not None
+
+    def _confirmed(self, ref: object) -> _Outgoing | None:
+        if not isinstance(ref, str):
+            return None
+        with self._state_lock:
+            return self._unconfirmed.pop(ref, None)
+
+    def _refuse(self, out: _Outgoing, code: str, reason: str) -> None:
+        """Report a message that was not sent, with its text; other frames need no word."""
+        if out.is_message:
+            self._emit(NotSent(code, reason, str(out.frame.get("type", "")), out.ref,
+                               out.target, out.text or ""))
+
+    # -- what callers send ----------------------------------------------------------------
 
     def execute(self, line: str) -> bool:
         """Carry out one typed line (message or slash command). False after /quit."""
@@ -386,37 +645,56 @@ class ChatClient:
             self.send_private(args[0], args[1])
         elif name == "join":
             self.join(args[0])
-        elif name == "rooms":
-            self._write({"type": "rooms"})
-        elif name == "list":
-            self._write({"type": "list"})
+        elif name in ("rooms", "list"):
+            self.fetch_all(name)
         elif name == "knowrooms":
-            self._write({"type": "users"})
+            self.fetch_all("users")
         elif name == "status":
             self.set_status(args[0], args[1] if len(args) > 1 else "")
         elif name == "fingerprint":
             self.show_fingerprint(args[0] if args else None)
         elif name == "trust":
-            self.trust(args[0])
+            self.trust(args[0], args[1] if len(args) > 1 else None)
+        elif name == "verify":
+            self.verify(args[0], args[1] if len(args) > 1 else None)
         return True
 
-    def say(self, text: str) -> None:
-        self._write({"type": "message", "text": text, "ref": next(self._refs)})
+    def say(self, text: str) -> str:
+        """Send a room message; returns its ref ("" if refused: a NotSent says why)."""
+        ref = _new_ref()
+        out = _Outgoing({"type": "message", "text": text, "ref": ref}, ref, self.room, text)
+        if len(text) > self.limits.max_text:
+            self._refuse(out, "too_long", f"the message is {len(text)} characters; the "
+                         f"maximum is {self.limits.max_text}")
+            return ""
+        return out.ref if self._submit(out) else ""
 
     def join(self, room: str) -> None:
-        self._write({"type": "join", "room": room})
+        self._submit(_Outgoing({"type": "join", "room": room}))
 
     def set_status(self, status: str, note: str = "") -> None:
-        self._write({"type": "status", "status": status, "note": note})
+        self._submit(_Outgoing({"type": "status", "status": status, "note": note}))
 
     def request(self, kind: str) -> None:
-        """Ask for a listing: "rooms", "list" (my room) or "users"."""
-        self._write({"type": kind})
+        """Ask for one page of a listing: "rooms", "list" (my room) or "users"."""
+        self._submit(_Outgoing({"type": kind}))
+
+    def fetch_all(self, kind: str) -> None:
+        """Ask for a whole listing ("list", "rooms" or "users"): the client fetches page
+        after page (protocol 2) and emits one MemberList/RoomList/UserList when it has
+        all of them. A server without pages answers in one piece, which is complete."""
+        request: dict[str, Any] = {"type": kind}
+        if kind == "list" and self.room:
+            request["room"] = self.room
+        with self._state_lock:
+            self._pages[_LISTING_ANSWERS[kind]] = _PageFetch(request)
+        self._submit(_Outgoing({"type": kind}))
 
     def quit(self) -> None:
+        """Say goodbye after everything already queued has been sent."""
         self._closing = True
         try:
-            self._write({"type": "quit"})
+            self._submit(_Outgoing({"type": "quit"}))
         except OSError:
             pass
 
@@ -432,151 +710,349 @@ class ChatClient:
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
 
-    # -- private messages -----------------------------------------------------------------
+    # -- private messages: sending ----------------------------------------------------------
 
-    def send_private(self, peer: str, text: str) -> None:
-        """Seal `text` for `peer` once their key is known and matches the pin."""
-        if len(text) > MAX_PRIVATE_CHARS:
-            raise CommandError(f"private message is {len(text)} characters; the maximum is "
-                               f"{MAX_PRIVATE_CHARS}")
+    def send_private(self, peer: str, text: str) -> str:
+        """Seal `text` for `peer` once their key is known and matches the pin.
+
+        Returns the ref of the message ("" if it was refused at once; a NotSent says why).
+        """
         if peer.casefold() == self.username.casefold():
             raise CommandError("you cannot send a private message to yourself")
-        pending = _PendingPrivate(peer, text, next(self._refs))
+        pending = _PendingPrivate(peer, text, _new_ref())
         with self._state_lock:
             key = self._peer_keys.get(peer.casefold())
-            if key is None:
+        if not self._fits(pending, key):
+            return ""
+        if key is not None:
+            self._seal_and_send(pending, key)
+            return pending.ref
+        with self._state_lock:
+            crowded = sum(map(len, self._awaiting_key.values())) >= pacing.SEND_QUEUE_LIMIT
+            first = key_ref = ""
+            if not crowded:
                 waiting = self._awaiting_key.setdefault(peer.casefold(), [])
                 waiting.append(pending)
-                if len(waiting) > 1:
-                    return  # the key is already on its way
-        if key is None:
-            self._write({"type": "get_key", "user": peer})
-        else:
-            self._seal_and_send(pending, key)
+                if len(waiting) == 1:
+                    first = key_ref = _new_ref()
+                    self._key_refs[key_ref] = peer.casefold()
+        if crowded:  # the server is not answering key requests; keep the bound
+            self._refuse(self._private_out(pending, None), "queue_full",
+                         f"{pacing.SEND_QUEUE_LIMIT} private messages are already waiting "
+                         "for their recipients' keys")
+            return ""
+        if first:  # otherwise the key is already on its way
+            try:
+                self._submit(_Outgoing({"type": "get_key", "user": peer, "ref": key_ref}))
+            except OSError:
+                with self._state_lock:
+                    stranded = self._awaiting_key.pop(peer.casefold(), [])
+                for private in stranded:
+                    self._refuse(self._private_out(private, None), "offline",
+                                 "you are not connected")
+                raise
+        return pending.ref
+
+    def _fits(self, pending: _PendingPrivate, key: Any | None) -> bool:
+        """Refuse (NotSent "too_long") a text whose sealed frame would exceed max_frame.
+        Before the recipient's key is known, the largest key allowed is assumed."""
+        size = len(pending.text.encode("utf-8", "replace"))
+        recipient_bits = key.size_in_bits() if key is not None else auth.MAX_KEY_BITS
+        try:
+            limit = largest_private_text(self.limits.max_frame, self.username, pending.peer,
+                                         pending.ref, self.identity.private_key.size_in_bits(),
+                                         recipient_bits)
+        except crypto.CryptoError:  # an envelope cannot even name this recipient
+            self._refuse(self._private_out(pending, None), "invalid_name",
+                         f"{sanitize.inert(pending.peer)} is not a valid username")
+            return False
+        if size <= limit:
+            return True
+        self._refuse(self._private_out(pending, None), "too_long",
+                     f"the private message is {size} bytes; the most that fits in one frame "
+                     f"is {limit} bytes (UTF-8). Split it and send it again")
+        return False
+
+    def _private_out(self, pending: _PendingPrivate, envelope: crypto.Envelope | None) -> _Outgoing:
+        frame = _private_frame(pending.peer, envelope, pending.ref) if envelope else {"type": "private"}
+        return _Outgoing(frame, pending.ref, pending.peer, pending.text)
 
     def _seal_and_send(self, pending: _PendingPrivate, peer_key: Any) -> None:
+        if not self._fits(pending, peer_key):
+            return
         envelope = crypto.seal(
-            pending.text.encode("utf-8"), sender=self.username, recipient=pending.peer,
-            sender_private_key=self.identity.private_key, recipient_public_key=peer_key,
+            pending.text.encode("utf-8", "replace"), sender=self.username,
+            recipient=pending.peer, sender_private_key=self.identity.private_key,
+            recipient_public_key=peer_key,
         )
-        with self._state_lock:
-            self._sent[pending.ref] = pending
-        self._write({"type": "private", "to": pending.peer, "envelope": envelope.to_fields(),
-                     "ref": pending.ref})
+        self._submit(self._private_out(pending, envelope))
 
-    def _check_pin(self, user: str, public_der: bytes) -> Any | None:
-        """The key to use for `user`, or None (and a KeyWarning) if it differs from the pin."""
+    # -- keys, pins and trust ---------------------------------------------------------------
+
+    def _accept_key(self, user: str, public_der: bytes) -> Any | None:
+        """The key to use for `user` (pinned on first use), or None if it differs from the
+        pin: then it is on offer for /trust and a KeyWarning is shown. Only for keys we
+        asked for (`key` frames answering our get_key)."""
+        key = auth.load_public_key(public_der)  # AuthError for unusable keys
         fingerprint = auth.key_fingerprint(public_der)
         check = self.known_keys.check(user, fingerprint)
         if check.status is identity.PinStatus.MISMATCH:
-            with self._state_lock:
-                self._offered[user.casefold()] = public_der
-                self._peer_keys.pop(user.casefold(), None)
-            self._emit(KeyWarning(user, check.pinned_fingerprint or "", fingerprint))
+            self._offer(user, public_der, check.pinned_fingerprint or "")
             return None
-        key = auth.load_public_key(public_der)
         if check.status is identity.PinStatus.NEW:
             self.known_keys.pin(user, fingerprint)
         with self._state_lock:
             self._peer_keys[user.casefold()] = key
         return key
 
+    def _offer(self, user: str, public_der: bytes, pinned: str) -> None:
+        """Put a changed key on offer for /trust, and warn (once per distinct key)."""
+        fingerprint = auth.key_fingerprint(public_der)
+        with self._state_lock:
+            previous = self._offers.get(user.casefold())
+            self._peer_keys.pop(user.casefold(), None)
+            if previous is not None and previous.fingerprint == fingerprint:
+                return  # already on offer and shown
+            self._offers[user.casefold()] = _Offer(public_der, fingerprint, previous is not None)
+        self._emit(self._key_warning(user, pinned, fingerprint))
+
+    def _key_warning(self, user: str, pinned: str, offered: str) -> KeyWarning:
+        return KeyWarning(user, identity.readable_fingerprint_from_hex(pinned),
+                          identity.readable_fingerprint_from_hex(offered),
+                          identity.is_verified(self.known_keys.get(user)))
+
     def _on_key(self, frame: Frame) -> None:
         user = str(frame.get("user", ""))
+        folded = user.casefold()
         with self._state_lock:
-            waiting = self._awaiting_key.pop(user.casefold(), [])
-            showing = user.casefold() in self._fingerprint_requests
-            self._fingerprint_requests.discard(user.casefold())
-        try:
-            key = self._check_pin(user, base64.b64decode(str(frame.get("public_key", ""))))
-        except (auth.AuthError, ValueError):
-            self._emit(ErrorEvent("bad_key", f"the server sent an unusable key for {user}"))
+            waiting = self._awaiting_key.pop(folded, [])
+            showing = folded in self._fingerprint_requests
+            self._fingerprint_requests.discard(folded)
+            for ref in [r for r, u in self._key_refs.items() if u == folded]:
+                del self._key_refs[ref]
+        if not waiting and not showing:
+            # Nobody asked: a key the server pushes on its own is never pinned or offered.
+            log.info("ignored a key for %r that was not asked for", user)
             return
-        if showing and key is not None:
-            self._emit(Notice(self._describe_key(user), "fingerprint"))
+        try:
+            key = self._accept_key(user, base64.b64decode(str(frame.get("public_key", "")),
+                                                          validate=True))
+        except (auth.AuthError, ValueError, identity.IdentityError) as exc:
+            self._emit(ErrorEvent("bad_key", f"the server sent an unusable key for "
+                                  f"{sanitize.inert(user)}: {exc}"))
+            for pending in waiting:
+                self._refuse(self._private_out(pending, None), "bad_key",
+                             "the server sent an unusable key for the recipient")
+            return
+        if showing:
+            self._emit(self._fingerprint_notice(user))
         for pending in waiting:
             if key is None:
-                self._emit(ErrorEvent("key_changed", f"private message to {user} NOT sent: "
-                                      f"their key changed. Check it, then /trust {user}.",
-                                      "private"))
+                self._refuse(self._private_out(pending, None), "key_changed",
+                             f"private message to {sanitize.inert(user)} NOT sent: their key "
+                             f"changed. Check it, then /trust {sanitize.inert(user)}.")
             else:
-                self._seal_and_send(pending, key)
+                try:
+                    self._seal_and_send(pending, key)
+                except OSError:
+                    return  # each message was reported as NotSent; the reader ends soon
 
-    def _on_private_sent(self, frame: Frame) -> None:
-        with self._state_lock:
-            pending = self._sent.pop(str(frame.get("ref")), None)
-        if pending is None:
-            return
-        fingerprint = self._pinned_fingerprint(pending.peer)
-        self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", pending.peer)),
-                                  pending.text, str(frame["time"]), True, fingerprint))
-
-    def _on_private(self, frame: Frame) -> None:
-        sender = str(frame.get("from", ""))
-        now = str(frame.get("time", ""))
-        try:
-            sender_der = base64.b64decode(str(frame.get("from_key", "")), validate=True)
-            sender_key = self._check_pin(sender, sender_der)
-        except (auth.AuthError, ValueError):
-            self._emit(PrivateRejected(sender, "the sender's key is unusable", now))
-            return
-        if sender_key is None:
-            self._emit(PrivateRejected(sender, "the sender's key changed; message refused "
-                                       f"(check it, then /trust {sender})", now))
-            return
-        try:
-            envelope = crypto.Envelope.from_fields(frame.get("envelope"))
-            if envelope.sender.casefold() != sender.casefold():
-                raise crypto.DecryptionError("the envelope was written by someone else")
-            plaintext = crypto.open_envelope(
-                envelope, recipient=self.username, recipient_private_key=self.identity.private_key,
-                sender_public_key=sender_key,
-            )
-            self.replay_guard.check_and_record(envelope.message_id, envelope.sent_at)
-            text = plaintext.decode("utf-8")
-        except (crypto.DecryptionError, UnicodeDecodeError) as exc:
-            self._emit(PrivateRejected(sender, str(exc) or "the message failed verification", now))
-            return
-        self._emit(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
-                                  auth.key_fingerprint(sender_der)))
-
-    def _pinned_fingerprint(self, user: str) -> str:
-        pinned = self.known_keys.get(user)
-        return pinned.fingerprint if pinned else ""
+    def _pin_of(self, user: str) -> tuple[str, bool]:
+        """The readable fingerprint pinned for `user` ("" if none) and whether it is verified."""
+        pin = self.known_keys.get(user)
+        if pin is None:
+            return "", False
+        return identity.readable_fingerprint_from_hex(pin.fingerprint), identity.is_verified(pin)
 
     def show_fingerprint(self, user: str | None = None) -> None:
-        """Emit a Notice with our own fingerprint, or fetch and show `user`'s."""
+        """Emit a Notice with our own fingerprint or a contact's.
+
+        While a key change is pending for `user`, the Notice shows the pinned and the
+        offered key (the one /trust would accept), from memory: nothing is fetched, so
+        what the user compares is exactly what /trust pins."""
         if user is None or user.casefold() == self.username.casefold():
             readable = auth.readable_fingerprint(self.identity.public_der)
             self._emit(Notice(f"your key fingerprint: {readable}", "fingerprint"))
             return
         with self._state_lock:
-            self._fingerprint_requests.add(user.casefold())
-        self._write({"type": "get_key", "user": user})
-
-    def _describe_key(self, user: str) -> str:
-        with self._state_lock:
-            key = self._peer_keys.get(user.casefold())
-        assert key is not None
-        theirs = auth.readable_fingerprint(auth.public_key_der(key))
-        mine = auth.readable_fingerprint(self.identity.public_der)
-        return (f"{user}'s key fingerprint: {theirs}; yours: {mine} (compare both with {user} "
-                "in person or by phone)")
-
-    def trust(self, user: str) -> None:
-        """Accept the key the server last offered for `user` (after a KeyWarning)."""
-        with self._state_lock:
-            offered = self._offered.pop(user.casefold(), None)
-        if offered is None:
-            self._emit(Notice(f"no changed key is waiting for {user}; nothing to trust", "trust"))
+            offer = self._offers.get(user.casefold())
+            if offer is not None:
+                offer.replaced_earlier = False  # shown now: this is the one /trust takes
+            else:
+                self._fingerprint_requests.add(user.casefold())
+        if offer is not None:
+            self._emit(self._fingerprint_notice(user))
             return
-        fingerprint = auth.key_fingerprint(offered)
-        self.known_keys.replace(user, fingerprint)
-        key = auth.load_public_key(offered)
+        self._submit(_Outgoing({"type": "get_key", "user": user}))
+
+    def _fingerprint_notice(self, user: str) -> Notice:
+        name = sanitize.inert(user)
+        mine = auth.readable_fingerprint(self.identity.public_der)
+        pinned, verified = self._pin_of(user)
+        with self._state_lock:
+            offer = self._offers.get(user.casefold())
+        if offer is not None:
+            offered = identity.readable_fingerprint_from_hex(offer.fingerprint)
+            return Notice(f"{name}'s key has CHANGED and is not trusted. Pinned: {pinned}; "
+                          f"offered: {offered} (the key /trust {name} would accept); yours: "
+                          f"{mine}. Compare the offered one with {name} in person or by phone.",
+                          "fingerprint", user, False)
+        mark = ("verified by you" if verified else
+                f"not verified: after comparing, type /verify {name}")
+        return Notice(f"{name}'s key fingerprint: {pinned}; yours: {mine} (compare both with "
+                      f"{name} in person or by phone; {mark})", "fingerprint", user, verified)
+
+    def trust(self, user: str, fingerprint: str | None = None) -> None:
+        """Accept the changed key on offer for `user`: exactly the one last shown.
+
+        With `fingerprint` (the digits the user compared), only a key with those digits is
+        accepted. Without it, if the server offered yet another key after an earlier
+        warning, the first /trust is refused and the new key shown in a new warning."""
+        name = sanitize.inert(user)
+        with self._state_lock:
+            offer = self._offers.get(user.casefold())
+            refusal = self._trust_refusal(offer, fingerprint)
+            if offer is not None and refusal is None:
+                del self._offers[user.casefold()]
+            elif offer is not None:
+                offer.replaced_earlier = False  # the warning below shows it
+        if offer is None:
+            self._emit(Notice(f"no changed key is waiting for {name}; nothing to trust",
+                              "trust", user, self._pin_of(user)[1]))
+            return
+        if refusal is not None:
+            self._emit(ErrorEvent("trust_refused", f"{name}'s key was NOT trusted: {refusal}",
+                                  "trust"))
+            pin = self.known_keys.get(user)
+            self._emit(self._key_warning(user, pin.fingerprint if pin else "", offer.fingerprint))
+            return
+        key = auth.load_public_key(offer.der)
+        self.known_keys.replace(user, offer.fingerprint)
         with self._state_lock:
             self._peer_keys[user.casefold()] = key
-        self._emit(Notice(f"you now trust {user}'s new key: {auth.readable_fingerprint(offered)}",
-                          "trust"))
+        self._emit(Notice(f"you now trust {name}'s new key: "
+                          f"{auth.readable_fingerprint(offer.der)} (not verified yet: after "
+                          f"comparing it, type /verify {name})", "trust", user, False))
+
+    @staticmethod
+    def _trust_refusal(offer: _Offer | None, fingerprint: str | None) -> str | None:
+        if offer is None:
+            return None
+        offered = _digits(identity.readable_fingerprint_from_hex(offer.fingerprint))
+        if fingerprint is not None:
+            if _digits(fingerprint) != offered:
+                return ("the fingerprint you typed is not the one on offer. Do not trust "
+                        "it until you find out why")
+            return None
+        if offer.replaced_earlier:
+            return ("the server offered yet another key since the warning you saw. Compare "
+                    "this one (below) and type /trust again")
+        return None
+
+    def verify(self, user: str, fingerprint: str | None = None) -> None:
+        """Record that the user compared `user`'s pinned fingerprint out of band.
+
+        With `fingerprint`, the digits must match the pinned key's. Refused while a key
+        change is pending (trust the new key first) or when nothing is pinned yet."""
+        name = sanitize.inert(user)
+        with self._state_lock:
+            pending = user.casefold() in self._offers
+        pin = self.known_keys.get(user)
+        if pending:
+            problem = f"{name}'s key has changed; compare the offered key, /trust {name}, then /verify"
+        elif pin is None:
+            problem = f"no key is pinned for {name} yet; type /fingerprint {name} first"
+        elif fingerprint is not None and _digits(fingerprint) != _digits(
+                identity.readable_fingerprint_from_hex(pin.fingerprint)):
+            problem = (f"the fingerprint you typed is not {name}'s pinned key "
+                       f"({identity.readable_fingerprint_from_hex(pin.fingerprint)}). Someone "
+                       "may be in the middle: do not verify")
+        else:
+            problem = None
+        if problem is not None or pin is None:
+            self._emit(ErrorEvent("verify_refused", f"not verified: {problem}", "verify"))
+            return
+        self.known_keys.mark_verified(user, pin.fingerprint)
+        readable = identity.readable_fingerprint_from_hex(pin.fingerprint)
+        self._emit(Notice(f"you verified {name}'s key {readable}; private messages with "
+                          f"{name} now show as verified", "verify", user, True))
+
+    # -- private messages: receiving --------------------------------------------------------
+
+    def _on_private_sent(self, frame: Frame) -> None:
+        out = self._confirmed(frame.get("ref"))
+        if out is None:
+            return
+        fingerprint, verified = self._pin_of(out.target)
+        self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+                                  out.text or "", str(frame["time"]), True, fingerprint,
+                                  verified, out.ref))
+
+    def _on_private(self, frame: Frame) -> None:
+        sender = str(frame.get("from", ""))
+        now = str(frame.get("time", ""))
+        try:
+            text, fingerprint = self._open_private(sender, frame)
+        except _Refused as refused:
+            self._emit(PrivateRejected(sender, str(refused), now))
+            return
+        readable, verified = self._pin_of(sender)
+        self._emit(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
+                                  readable or identity.readable_fingerprint_from_hex(fingerprint),
+                                  verified))
+
+    def _open_private(self, sender: str, frame: Frame) -> tuple[str, str]:
+        """Check and open a private frame: (text, sender's hex fingerprint) or _Refused.
+
+        Order: strict parsing and addressing (no crypto), the replay guard (no RSA: a
+        replayed copy costs a lookup), the pin, the RSA signature and decryption, and only
+        after all succeeded: record the id and pin a first-seen key. A `from_key` that does
+        not verify is never pinned."""
+        try:
+            sender_der = base64.b64decode(str(frame.get("from_key", "")), validate=True)
+            envelope = crypto.Envelope.from_fields(frame.get("envelope"))
+            if envelope.sender.casefold() != sender.casefold():
+                raise crypto.DecryptionError("the envelope was written by someone else")
+            if envelope.recipient.casefold() != self.username.casefold():
+                raise crypto.DecryptionError("the message is addressed to someone else")
+            self.replay_guard.check(envelope.message_id, envelope.sent_at)
+            sender_key = auth.load_public_key(sender_der)
+        except (crypto.DecryptionError, auth.AuthError, ValueError) as exc:
+            raise _Refused(str(exc) or "the message failed verification") from None
+        fingerprint = auth.key_fingerprint(sender_der)
+        check = self.known_keys.check(sender, fingerprint)
+        if check.status is identity.PinStatus.MISMATCH:
+            self._offer_if_signed(sender, sender_der, sender_key, envelope,
+                                  check.pinned_fingerprint or "")
+            raise _Refused("the sender's key changed; message refused "
+                           f"(check it, then /trust {sanitize.inert(sender)})")
+        try:
+            plaintext = crypto.open_envelope(
+                envelope, recipient=self.username,
+                recipient_private_key=self.identity.private_key, sender_public_key=sender_key,
+                expected_sender=sender)
+            text = plaintext.decode("utf-8")
+            self.replay_guard.check_and_record(envelope.message_id, envelope.sent_at)
+        except (crypto.DecryptionError, UnicodeDecodeError) as exc:
+            raise _Refused(str(exc) or "the message failed verification") from None
+        if check.status is identity.PinStatus.NEW:
+            try:
+                self.known_keys.pin(sender, fingerprint)  # only now: it proved the key
+            except identity.IdentityError as exc:
+                raise _Refused(str(exc)) from None
+        with self._state_lock:
+            self._peer_keys[sender.casefold()] = sender_key
+        return text, fingerprint
+
+    def _offer_if_signed(self, sender: str, der: bytes, key: Any, envelope: crypto.Envelope,
+                         pinned: str) -> None:
+        """A changed key arriving with a message is put on offer only if that message is
+        really signed with it (one RSA public-key operation, no decryption)."""
+        try:
+            crypto.verify_signature(envelope, key)
+        except crypto.DecryptionError:
+            return
+        self._offer(sender, der, pinned)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -607,7 +1083,8 @@ class ChatClient:
         finally:
             if self._sock is not None:
                 self._sock.close()
-        self._emit(Disconnected(reason, clean))
+        self._shut_down_sending()
+        self._emit(Disconnected(reason, clean, self._replaced))
 
     def _handle(self, frame: Frame) -> str | None:
         """Turn one frame into events; returns the reason when the server says goodbye."""
@@ -618,37 +1095,97 @@ class ChatClient:
                 log.debug("ignoring unknown frame type %r", kind)
                 return None
             return handler(self, frame)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("malformed %r frame from the server: %s", kind, exc)
             return None
 
     def _room_message(self, frame: dict[str, Any], history: bool) -> RoomMessage:
+        own = str(frame["user"]).casefold() == self.username.casefold()
+        out = self._confirmed(frame.get("ref")) if own and not history else None
         return RoomMessage(int(frame["id"]), str(frame["room"]), str(frame["user"]),
-                           str(frame["text"]), str(frame["time"]), history,
-                           str(frame["user"]).casefold() == self.username.casefold())
+                           str(frame["text"]), str(frame["time"]), history, own,
+                           out.ref if out else "")
 
     def _on_joined(self, frame: Frame) -> None:
         self.room = frame["room"]
-        self._emit(RoomJoined(frame["room"], _members(frame["members"]),
+        members = _members(frame["members"])
+        self._emit(RoomJoined(frame["room"], members,
                               tuple(self._room_message(m, True) for m in frame["history"]),
-                              frame["time"]))
+                              frame["time"], _count(frame.get("member_count"), len(members)),
+                              frame.get("members_next") is None))
+
+    def _on_listing(self, frame: Frame) -> None:
+        """members/rooms/users: one page; collected into one event if fetch_all asked."""
+        kind = frame["type"]
+        items = _LISTING_ITEMS[kind](frame)
+        cursor = frame.get("next")
+        more = False
+        with self._state_lock:
+            fetch = self._pages.get(kind)
+            if fetch is not None:
+                fetch.items += items
+                fetch.pages += 1
+                more = (isinstance(cursor, str) and bool(cursor) and bool(items)
+                        and cursor != fetch.last_cursor and len(fetch.items) < MAX_LISTED_ITEMS)
+                if more:
+                    fetch.last_cursor = cursor
+                    request = {**fetch.request, "after": cursor}
+                else:
+                    del self._pages[kind]
+                items = fetch.items
+        if more:
+            self._submit(_Outgoing(request))
+            return
+        self._emit(_LISTING_EVENTS[kind](frame, tuple(items), cursor is None))
 
     def _on_bye(self, frame: Frame) -> str:
         self._closing = True
-        return str(frame.get("reason", "goodbye"))
+        reason = str(frame.get("reason", "goodbye"))
+        self._replaced = reason == REPLACED_REASON
+        return reason
 
     def _on_error(self, frame: Frame) -> None:
+        code, message = str(frame.get("code")), str(frame.get("message"))
+        request = str(frame.get("request") or "")
         ref = frame.get("ref")
-        if ref is not None:
-            with self._state_lock:
-                self._sent.pop(str(ref), None)
-        self._emit(ErrorEvent(str(frame.get("code")), str(frame.get("message")),
-                              str(frame.get("request") or "")))
+        out = self._confirmed(ref)
+        if out is not None:
+            self._emit(NotSent(code, message, request, out.ref, out.target, out.text or ""))
+            return
+        with self._state_lock:
+            peer = self._key_refs.pop(ref, None) if isinstance(ref, str) else None
+            waiting = self._awaiting_key.pop(peer, []) if peer else []
+        for pending in waiting:
+            self._emit(NotSent(code, message, "private", pending.ref, pending.peer, pending.text))
+        if not waiting:
+            self._emit(ErrorEvent(code, message, request))
+
+
+class _Refused(Exception):
+    """An incoming private message was refused; the message says why."""
+
+
+def _count(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
 def _members(items: list[dict[str, Any]]) -> tuple[MemberInfo, ...]:
     return tuple(MemberInfo(str(m["user"]), str(m["status"]), str(m.get("note", "")),
                             str(m.get("room", ""))) for m in items)
+
+
+_LISTING_ITEMS: dict[str, Callable[[Frame], list[Any]]] = {
+    "members": lambda f: list(_members(f["members"])),
+    "rooms": lambda f: [(str(r["room"]), int(r["members"])) for r in f["rooms"]],
+    "users": lambda f: list(_members(f["users"])),
+}
+
+_LISTING_EVENTS: dict[str, Callable[[Frame, tuple[Any, ...], bool], Event]] = {
+    "members": lambda f, items, done: MemberList(str(f["room"]), items,
+                                                 _count(f.get("member_count"), len(items)), done),
+    "rooms": lambda f, items, done: RoomList(items, _count(f.get("room_count"), len(items)), done),
+    "users": lambda f, items, done: UserList(items, _count(f.get("user_count"), len(items)), done),
+}
 
 
 _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
@@ -658,9 +1195,9 @@ _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
                                                    f.get("note", ""), f["time"])),
     "user_left": lambda c, f: c._emit(UserLeft(f["room"], f["user"], f.get("reason", ""), f["time"])),
     "status": lambda c, f: c._emit(StatusChanged(f["user"], f["status"], f.get("note", ""), f["time"])),
-    "members": lambda c, f: c._emit(MemberList(f["room"], _members(f["members"]))),
-    "rooms": lambda c, f: c._emit(RoomList(tuple((r["room"], int(r["members"])) for r in f["rooms"]))),
-    "users": lambda c, f: c._emit(UserList(_members(f["users"]))),
+    "members": ChatClient._on_listing,
+    "rooms": ChatClient._on_listing,
+    "users": ChatClient._on_listing,
     "key": ChatClient._on_key,
     "private": ChatClient._on_private,
     "private_sent": ChatClient._on_private_sent,
@@ -682,47 +1219,93 @@ def local_time(stamp: str) -> str:
     return moment.astimezone().strftime("%H:%M:%S")
 
 
+_s = sanitize.inert  # every string from the network goes through this before printing
+
+
+def _private_mark(verified: bool) -> str:
+    return "[private, encrypted, verified]" if verified else "[private, encrypted, not verified]"
+
+
+def _member(m: MemberInfo, with_room: bool = False) -> str:
+    note = f": {_s(m.note)}" if m.note else ""
+    where = f" in {_s(m.room)}" if with_room else ""
+    return f"{_s(m.user)}{where} ({_s(m.status)}{note})"
+
+
+def _more(complete: bool, count: int, shown: int) -> str:
+    return "" if complete else f" ... ({count - shown} more not shown)" if count > shown else " ..."
+
+
 def describe(event: Event) -> str:
-    """One line of text for an event (what the terminal client prints after the time)."""
+    """One line of text for an event (what the terminal client prints after the time).
+
+    Every field that came from the network is rendered inert (sanitize.inert): control
+    characters, escape sequences, bidi controls and newlines are shown escaped, so no
+    event can print more than this one line or restyle the terminal."""
     if isinstance(event, RoomMessage):
         mark = " (history)" if event.history else ""
-        return f"{event.room} <{event.user}> {event.text}{mark}"
+        return f"{_s(event.room)} <{_s(event.user)}> {_s(event.text)}{mark}"
     if isinstance(event, RoomJoined):
-        names = ", ".join(f"{m.user} ({m.status})" for m in event.members)
-        return f"you are in {event.room} with {names}"
+        names = ", ".join(f"{_s(m.user)} ({_s(m.status)})" for m in event.members)
+        more = _more(event.complete, event.member_count, len(event.members))
+        return f"you are in {_s(event.room)} with {names}{more}"
     if isinstance(event, UserJoined):
-        return f"* {event.user} joined {event.room}"
+        return f"* {_s(event.user)} joined {_s(event.room)}"
     if isinstance(event, UserLeft):
-        return f"* {event.user} left {event.room} ({event.reason})"
+        return f"* {_s(event.user)} left {_s(event.room)} ({_s(event.reason)})"
     if isinstance(event, StatusChanged):
-        note = f": {event.note}" if event.note else ""
-        return f"* {event.user} is now {event.status}{note}"
+        note = f": {_s(event.note)}" if event.note else ""
+        return f"* {_s(event.user)} is now {_s(event.status)}{note}"
     if isinstance(event, MemberList):
-        return f"in {event.room}: " + ", ".join(
-            f"{m.user} ({m.status}{': ' + m.note if m.note else ''})" for m in event.members)
+        return (f"in {_s(event.room)}: " + ", ".join(_member(m) for m in event.members)
+                + _more(event.complete, event.member_count, len(event.members)))
     if isinstance(event, RoomList):
-        return "rooms: " + ", ".join(f"{name} ({count})" for name, count in event.rooms)
+        return ("rooms: " + ", ".join(f"{_s(name)} ({count})" for name, count in event.rooms)
+                + _more(event.complete, event.room_count, len(event.rooms)))
     if isinstance(event, UserList):
-        return "online: " + ", ".join(f"{m.user} in {m.room} ({m.status})" for m in event.users)
+        return ("online: " + ", ".join(_member(m, with_room=True) for m in event.users)
+                + _more(event.complete, event.user_count, len(event.users)))
+    return _describe_private_or_local(event)
+
+
+def _describe_private_or_local(event: Event) -> str:
     if isinstance(event, PrivateMessage):
         if event.outgoing:
-            return f"[private, encrypted] you -> {event.peer}: {event.text}"
-        return f"[private, encrypted, key verified] {event.peer} -> you: {event.text}"
+            return f"{_private_mark(event.verified)} you -> {_s(event.peer)}: {_s(event.text)}"
+        return f"{_private_mark(event.verified)} {_s(event.peer)} -> you: {_s(event.text)}"
     if isinstance(event, PrivateRejected):
-        return f"!! rejected a private message from {event.peer}: {event.reason}"
+        return f"!! rejected a private message from {_s(event.peer)}: {_s(event.reason)}"
     if isinstance(event, KeyWarning):
-        return (f"!!! WARNING: the key of {event.user} has CHANGED. Pinned "
-                f"{event.pinned_fingerprint}, server offers {event.offered_fingerprint}. Messages "
-                f"to and from {event.user} are refused until you verify it and type /trust {event.user}")
-    if isinstance(event, Notice):
-        return event.text
+        user = _s(event.user)
+        was = "a key you had verified" if event.verified else "a key you never verified"
+        return (f"!!! WARNING: the key of {user} has CHANGED (the pinned one was {was}). "
+                f"Pinned: {_s(event.pinned_fingerprint)}. Offered: "
+                f"{_s(event.offered_fingerprint)}. Messages to and from {user} are refused "
+                f"until you compare the offered fingerprint with {user} in person or by "
+                f"phone and type /trust {user}")
+    if isinstance(event, Notice):  # local text, several lines for the manual
+        return "\n".join(_s(line) for line in event.text.split("\n"))
+    if isinstance(event, NotSent):
+        where = f"{_s(event.target)} (private)" if event.request == "private" else _s(event.target)
+        return f"not sent to {where or 'the server'}: {_s(event.text)} ({_s(event.message)})"
     if isinstance(event, ErrorEvent):
-        return f"error: {event.message}"
+        return f"error: {_s(event.message)}"
     if isinstance(event, Disconnected):
-        return f"disconnected: {event.reason}"
+        if event.replaced:
+            return (f"disconnected: {_s(event.reason)}. You logged in from another place; "
+                    "this client will not reconnect")
+        return f"disconnected: {_s(event.reason)}"
     if isinstance(event, Welcome):
-        return f"logged in as {event.user}"
-    return repr(event)
+        return f"logged in as {_s(event.user)}"
+    return _s(repr(event))
+
+
+def describe_lines(event: Event) -> list[str]:
+    """The lines the terminal prints for an event: joining a room also shows its history."""
+    lines = [describe(event)]
+    if isinstance(event, RoomJoined):
+        lines += [describe(message) for message in event.history]
+    return lines
 
 
 def event_time(event: Event) -> str:
@@ -731,7 +1314,8 @@ def event_time(event: Event) -> str:
 
 
 def event_json(event: Event) -> str:
-    return json.dumps({"event": event.kind, **asdict(event)}, ensure_ascii=False)
+    """One JSON object per event, on one line, inert on a terminal (sanitize.json_line)."""
+    return sanitize.json_line({"event": event.kind, **asdict(event)})
 
 
 # -- terminal client ----------------------------------------------------------------------
@@ -750,8 +1334,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def make_streams_safe() -> None:
+    """Never crash on a character the console cannot show (Windows code pages, LC_ALL=C,
+    output redirected to an ASCII file): write it as a backslash escape instead; read
+    undecodable input as U+FFFD."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="replace")
+
+
 def _type_lines(client: ChatClient) -> None:
-    """Input thread: run each stdin line; end of input quits like /quit."""
+    """Input thread: run each stdin line; end of input quits like /quit (after every line
+    still queued has been sent)."""
     try:
         for line in sys.stdin:
             try:
@@ -766,19 +1362,24 @@ def _type_lines(client: ChatClient) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    make_streams_safe()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     def show(event: Event) -> None:
-        print(event_json(event) if args.json else f"[{event_time(event)}] {describe(event)}",
-              flush=True)
+        if args.json:
+            print(event_json(event), flush=True)
+            return
+        stamp = event_time(event)
+        for line in describe_lines(event):
+            print(f"[{stamp}] {line}", flush=True)
 
     tls = TlsSettings(cafile=args.cafile) if (args.tls or args.cafile) else None
     try:
         client = ChatClient(args.username, args.host, args.port, data_dir=args.data_dir,
                             passphrase=os.environ.get("GAPSHAPE_PASSPHRASE"), tls=tls)
         show(client.connect())
-    except (LoginError, identity.IdentityError) as exc:
-        print(f"cannot log in: {exc}", file=sys.stderr)
+    except (LoginError, identity.IdentityError) as exc:  # the message may come from the server
+        print(f"cannot log in: {sanitize.inert(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
@@ -786,7 +1387,12 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_type_lines, args=(client,), name="stdin", daemon=True).start()
     try:
         while True:
-            event = client.events.get()
+            try:
+                # A timeout, so that Ctrl-C is noticed on Windows too, where a blocking
+                # queue get cannot be interrupted.
+                event = client.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
             show(event)
             if isinstance(event, Disconnected):
                 return 0

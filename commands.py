@@ -36,7 +36,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "do-not-disturb", 1, 2),
     CommandSpec("fingerprint", "[user]",
                 "show your key fingerprint, or a contact's, to compare out of band", 0, 1),
-    CommandSpec("trust", "<user>", "accept a contact's new key after a key-change warning", 1, 1),
+    CommandSpec("trust", "<user> [fingerprint]",
+                "accept the changed key shown in a key-change warning (give its digits to "
+                "make sure it is the one you compared)", 1, 2),
+    CommandSpec("verify", "<user> [fingerprint]",
+                "mark a contact's key as verified after comparing fingerprints in person or "
+                "by phone (give the digits they read out to have them checked)", 1, 2),
     CommandSpec("manual", "", "show this manual", aliases=("help",)),
     CommandSpec("quit", "", "disconnect and leave", aliases=("exit",)),
 )

@@ -376,7 +376,8 @@ def open_envelope(
     ``sender_public_key`` must be the key pinned for ``envelope.sender`` (look it up by
     that name, not by any name outside the envelope); pass ``expected_sender`` to have
     the name checked here too. The signature is verified before any private-key work.
-    Call ``ReplayGuard.check_and_record`` only after this succeeds.
+    Call ``ReplayGuard.check`` *before* this (a replayed envelope then costs no RSA
+    operation at all) and ``ReplayGuard.check_and_record`` only after it succeeded.
     """
     if not isinstance(envelope, Envelope):
         raise DecryptionError("malformed envelope")
@@ -398,6 +399,15 @@ def _check_addressing(envelope: Envelope, recipient: str,
         raise DecryptionError("the message is addressed to someone else")
     if expected_sender is not None and envelope.sender.casefold() != expected_sender.casefold():
         raise DecryptionError("the message claims to come from someone else")
+
+
+def verify_signature(envelope: Envelope, sender_public_key: RsaKey) -> None:
+    """Check only the sender's signature (one RSA public-key operation, no decryption);
+    raise DecryptionError if it does not match. The client uses it to decide whether a
+    changed key that came with a message is worth offering for /trust at all."""
+    if not isinstance(envelope, Envelope):
+        raise DecryptionError("malformed envelope")
+    _verify_signature(envelope, sender_public_key)
 
 
 def _verify_signature(envelope: Envelope, sender_public_key: RsaKey) -> None:

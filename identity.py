@@ -29,7 +29,14 @@ from typing import Any, Callable, ClassVar, Mapping
 from Crypto.PublicKey import RSA
 from Crypto.PublicKey.RSA import RsaKey
 
-from auth import MAX_KEY_BITS, MIN_KEY_BITS, key_fingerprint, public_key_der
+from auth import (
+    MAX_KEY_BITS,
+    MIN_KEY_BITS,
+    READABLE_FINGERPRINT_GROUP_DIGITS,
+    READABLE_FINGERPRINT_GROUPS,
+    key_fingerprint,
+    public_key_der,
+)
 from crypto import DecryptionError, ReplayError, parse_timestamp, utc_timestamp
 from fileutil import write_atomically
 
@@ -317,6 +324,27 @@ class PinStore:
                                name, previous.fingerprint, fingerprint)
             return self._store(name, fingerprint, extra)
 
+    def mark_verified(self, name: str, fingerprint: str) -> Pin:
+        """Record that the user compared ``fingerprint`` out of band (``/verify``).
+
+        Only the key pinned right now can be marked: raises PinConflictError if
+        ``fingerprint`` is not it, IdentityError if nothing is pinned. The mark names the
+        fingerprint, and ``replace`` drops all extras, so a key change clears it.
+        """
+        with self._lock:
+            current = self._pins.get(name.casefold())
+            if current is None:
+                raise IdentityError(f"no key is pinned for {name}")
+            if current.fingerprint != fingerprint:
+                raise PinConflictError(f"{current.name} is pinned to a different key")
+            extra = {**current.extra, VERIFIED_KEY: fingerprint, VERIFIED_AT_KEY: utc_timestamp()}
+            pin = Pin(current.name, current.fingerprint, current.pinned_at,
+                      _checked_extra(current.name, fingerprint, extra))
+            pins = {**self._pins, name.casefold(): pin}
+            _write_json_document(self.path, _pins_document(pins))
+            self._pins = pins
+            return _copy_pin(pin)
+
     def _store(self, name: str, fingerprint: str, extra: dict[str, Any] | None) -> Pin:
         """Add or overwrite a pin and save the file; the caller holds the lock."""
         pin = Pin(name, fingerprint, utc_timestamp(), _checked_extra(name, fingerprint, extra))
@@ -339,6 +367,25 @@ class PinStore:
                 raise _corrupt(self.path, f"bad entry for {key!r}")
             pins[key] = pin
         return pins
+
+
+#: Pin extras written by ``mark_verified``.
+VERIFIED_KEY = "verified_fingerprint"
+VERIFIED_AT_KEY = "verified_at"
+
+
+def is_verified(pin: Pin | None) -> bool:
+    """Whether the user verified exactly the key this pin holds (``/verify``)."""
+    return pin is not None and pin.extra.get(VERIFIED_KEY) == pin.fingerprint
+
+
+def readable_fingerprint_from_hex(fingerprint: str) -> str:
+    """``auth.readable_fingerprint`` from the hex SHA-256 a pin stores (no DER needed):
+    the same 12 groups of 5 digits, since both come from the same digest."""
+    digits = READABLE_FINGERPRINT_GROUPS * READABLE_FINGERPRINT_GROUP_DIGITS
+    text = f"{int(fingerprint, 16) % 10**digits:0{digits}d}"
+    step = READABLE_FINGERPRINT_GROUP_DIGITS
+    return " ".join(text[i : i + step] for i in range(0, digits, step))
 
 
 def _checked_extra(name: object, fingerprint: object, extra: object) -> dict[str, Any]:
@@ -408,8 +455,10 @@ class ReplayGuard:
     An envelope is refused if its id was already seen or if its ``sent_at`` lies more than
     ``window`` before or after now. Ids are forgotten once their ``sent_at`` has left the
     window: a replay of them is then refused by the time check instead, since ``sent_at``
-    is signed. Call ``check_and_record`` only after ``crypto.open_envelope`` succeeded,
-    so nobody can block a message by sending a forged one with its id first. Thread-safe.
+    is signed. Call ``check`` before any RSA work on an envelope (a replay then costs no
+    RSA operation) and ``check_and_record`` only after ``crypto.open_envelope``
+    succeeded, so nobody can block a message by sending a forged one with its id first.
+    Thread-safe.
     """
 
     def __init__(self, path: Path, window: timedelta = DEFAULT_REPLAY_WINDOW) -> None:
@@ -418,9 +467,20 @@ class ReplayGuard:
         self._lock = threading.Lock()
         self._seen: dict[str, datetime] = self._load()
 
-    def check_and_record(self, message_id: str, sent_at: str,
-                         now: datetime | None = None) -> None:
-        """Raise ReplayError for a repeat or stale message; otherwise remember it."""
+    def check(self, message_id: str, sent_at: str, now: datetime | None = None) -> None:
+        """Raise ReplayError for a repeat or stale message; remember nothing.
+
+        The client calls this *before* any RSA work on an envelope, so a replayed copy
+        costs a dictionary lookup, not an RSA decryption; ``check_and_record`` after the
+        envelope opened.
+        """
+        sent, now = self._checked_time(message_id, sent_at, now)
+        with self._lock:
+            if message_id in self._unexpired(now):
+                raise ReplayError("this message was already received once (replayed)")
+
+    def _checked_time(self, message_id: str, sent_at: str,
+                      now: datetime | None) -> tuple[datetime, datetime]:
         if not isinstance(message_id, str) or not message_id:
             raise DecryptionError("the message has no valid id")
         sent = parse_timestamp(sent_at)
@@ -430,6 +490,12 @@ class ReplayGuard:
                 "the message's timestamp is too far from now: "
                 "a clock is wrong, or the message is being replayed"
             )
+        return sent, now
+
+    def check_and_record(self, message_id: str, sent_at: str,
+                         now: datetime | None = None) -> None:
+        """Raise ReplayError for a repeat or stale message; otherwise remember it."""
+        sent, now = self._checked_time(message_id, sent_at, now)
         with self._lock:
             seen = self._unexpired(now)
             if message_id in seen:

@@ -12,8 +12,15 @@ from typing import Any, Callable
 from protocol import FrameDecoder, encode_frame
 
 # transform(direction, frame) -> frames to forward instead; direction is "up" (client to
-# server) or "down" (server to client).
+# server) or "down" (server to client). A HANG_UP in the list closes the connection (both
+# sides) once the frames before it are sent, as a server does after a `bye`.
 Transform = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
+
+HANG_UP: dict[str, Any] = {"type": "__hang_up__"}
+
+
+class _HungUp(Exception):
+    pass
 
 
 def forward_unchanged(direction: str, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -52,8 +59,10 @@ class FrameProxy:
                     self.captured += data
                 for frame in decoder.feed(data):
                     for out in self.transform(direction, frame):
+                        if out is HANG_UP:
+                            raise _HungUp
                         target.sendall(encode_frame(out))
-        except OSError:
+        except (OSError, _HungUp):
             pass
         finally:
             for sock in (source, target):

@@ -480,3 +480,11 @@ def test_seal_and_open_cost_close_to_bare_primitives(envelope, alice, bob):
 
     # Generous bound (the target is 1.1x; measured ~1.02x) so a busy machine does not flake.
     assert _fastest(construction) < 1.3 * _fastest(primitives)
+
+
+def test_verify_signature_checks_only_the_signature(envelope, alice, bob):
+    crypto.verify_signature(envelope, alice.publickey())
+    with pytest.raises(DecryptionError):
+        crypto.verify_signature(envelope, bob.publickey())
+    with pytest.raises(DecryptionError):
+        crypto.verify_signature("not an envelope", alice.publickey())  # type: ignore[arg-type]

@@ -41,7 +41,8 @@ def test_plaintext_is_neither_on_the_wire_nor_in_the_log(chat_server, client_fac
     bob = client_factory(proxy, "bob")
     alice.execute(f"/privatemsg bob {SECRET}")
     received = bob.recorder.wait_for(private_from("alice"))
-    assert received.text == SECRET and received.verified
+    # Opened and its signature checked; `verified` stays False until bob runs /verify.
+    assert received.text == SECRET and not received.verified
     shown = alice.recorder.wait_for(private_from("bob", outgoing=True))
     assert shown.text == SECRET
     wire = bytes(proxy.captured)
@@ -74,8 +75,8 @@ def test_a_substituted_key_is_caught_by_the_pin_and_trust_restores_sending(
     alice.execute("/pm bob this must not go to mallory")
     warning = alice.recorder.wait_for(KeyWarning)
     assert warning.user == "bob"
-    assert warning.offered_fingerprint == auth.key_fingerprint(mallory_der)
-    assert warning.pinned_fingerprint == auth.key_fingerprint(auth.public_key_der(key_pool.get(1)))
+    assert warning.offered_fingerprint == auth.readable_fingerprint(mallory_der)
+    assert warning.pinned_fingerprint == auth.readable_fingerprint(auth.public_key_der(key_pool.get(1)))
     refused = alice.recorder.wait_for(ErrorEvent)
     assert refused.code == "key_changed" and "NOT sent" in refused.message
     assert not alice.recorder.of_type(PrivateMessage)

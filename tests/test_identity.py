@@ -323,3 +323,44 @@ def test_replay_guard_is_thread_safe(tmp_path):
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["accepted"] + ["rejected"] * 9
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 9: checking without recording, the verified mark, readable fingerprints from pins
+
+
+def test_replay_check_records_nothing(tmp_path):
+    guard = ReplayGuard(tmp_path / "seen.json")
+    sent = utc_timestamp(NOW)
+    guard.check("a" * 32, sent, NOW)
+    guard.check("a" * 32, sent, NOW)  # still unseen: check alone never records
+    assert not (tmp_path / "seen.json").exists()
+    guard.check_and_record("a" * 32, sent, NOW)
+    with pytest.raises(ReplayError):
+        guard.check("a" * 32, sent, NOW)
+    with pytest.raises(ReplayError):
+        guard.check("b" * 32, utc_timestamp(NOW - timedelta(hours=1)), NOW)
+
+
+def test_verified_mark_names_the_fingerprint_and_a_key_change_clears_it(tmp_path):
+    store = PinStore(tmp_path / "known_keys.json")
+    with pytest.raises(IdentityError):
+        store.mark_verified("bob", FP_A)  # nothing pinned
+    store.pin("Bob", FP_A)
+    assert not identity.is_verified(store.get("bob"))
+    with pytest.raises(PinConflictError):
+        store.mark_verified("bob", FP_B)  # only the key pinned right now
+    store.mark_verified("BOB", FP_A)
+    assert identity.is_verified(store.get("bob"))
+    assert identity.is_verified(PinStore(tmp_path / "known_keys.json").get("bob"))  # on disk
+    store.replace("bob", FP_B)
+    assert not identity.is_verified(store.get("bob"))
+    assert not identity.is_verified(None)
+
+
+def test_readable_fingerprint_from_a_pin_matches_auth(key_pool):
+    der = public_key_der(key_pool.get(0))
+    from auth import readable_fingerprint
+
+    assert identity.readable_fingerprint_from_hex(key_fingerprint(der)) == readable_fingerprint(der)
+    assert identity.readable_fingerprint_from_hex("0" * 64) == " ".join(["00000"] * 12)
