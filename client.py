@@ -104,6 +104,24 @@ class RoomJoined(Event):
 
 
 @dataclass(frozen=True)
+class RoomLeft(Event):
+    """We left `room` for good; `room_now` is the current room now ("" if none)."""
+
+    room: str
+    room_now: str
+    time: str
+
+
+@dataclass(frozen=True)
+class HistoryPage(Event):
+    """Older messages of a room (scrollback), oldest first; `more`: older ones exist."""
+
+    room: str
+    messages: tuple[RoomMessage, ...]
+    more: bool
+
+
+@dataclass(frozen=True)
 class UserJoined(Event):
     room: str
     user: str
@@ -385,6 +403,7 @@ class ChatClient:
         self._awaiting_key: dict[str, list[_PendingPrivate]] = {}
         self._key_refs: dict[str, str] = {}  # ref of a get_key -> casefolded user
         self._fingerprint_requests: set[str] = set()  # users whose /fingerprint awaits a key
+        self._oldest_seen: dict[str, int] = {}  # room -> oldest message id shown: /history
         self._pages: dict[str, _PageFetch] = {}  # answer type -> listing being collected
 
     # -- connecting -----------------------------------------------------------------------
@@ -645,6 +664,10 @@ class ChatClient:
             self.send_private(args[0], args[1])
         elif name == "join":
             self.join(args[0])
+        elif name == "leave":
+            self.leave(args[0] if args else None)
+        elif name == "history":
+            self.history(count=_history_count(args[0] if args else "20"))
         elif name in ("rooms", "list"):
             self.fetch_all(name)
         elif name == "knowrooms":
@@ -662,7 +685,10 @@ class ChatClient:
     def say(self, text: str) -> str:
         """Send a room message; returns its ref ("" if refused: a NotSent says why)."""
         ref = _new_ref()
-        out = _Outgoing({"type": "message", "text": text, "ref": ref}, ref, self.room, text)
+        frame = {"type": "message", "text": text, "ref": ref}
+        if self.room:  # the room it was typed in, even if another is joined meanwhile
+            frame["room"] = self.room
+        out = _Outgoing(frame, ref, self.room, text)
         if len(text) > self.limits.max_text:
             self._refuse(out, "too_long", f"the message is {len(text)} characters; the "
                          f"maximum is {self.limits.max_text}")
@@ -671,6 +697,22 @@ class ChatClient:
 
     def join(self, room: str) -> None:
         self._submit(_Outgoing({"type": "join", "room": room}))
+
+    def leave(self, room: str | None = None) -> None:
+        """Leave a room for good (the current one unless named)."""
+        self._submit(_Outgoing({"type": "leave", **({"room": room} if room else {})}))
+
+    def history(self, room: str | None = None, count: int = 20) -> None:
+        """Ask for `count` messages before the oldest one seen in a room (a HistoryPage)."""
+        room = room or self.room
+        if not room:
+            raise CommandError("you are in no room; /join one first")
+        frame: dict[str, Any] = {"type": "history", "room": room, "limit": count}
+        with self._state_lock:
+            oldest = self._oldest_seen.get(room)
+        if oldest is not None:
+            frame["before"] = oldest
+        self._submit(_Outgoing(frame))
 
     def set_status(self, status: str, note: str = "") -> None:
         self._submit(_Outgoing({"type": "status", "status": status, "note": note}))
@@ -995,11 +1037,19 @@ class ChatClient:
             text, fingerprint = self._open_private(sender, frame)
         except _Refused as refused:
             self._emit(PrivateRejected(sender, str(refused), now))
+            self._acknowledge(frame)
             return
         readable, verified = self._pin_of(sender)
         self._emit(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
                                   readable or identity.readable_fingerprint_from_hex(fingerprint),
                                   verified))
+        self._acknowledge(frame)
+
+    def _acknowledge(self, frame: Frame) -> None:
+        """A private message that waited in the server's mailbox stays there until we say
+        we have it; shown or refused (a replay, a bad signature), it will not get better."""
+        if frame.get("queued") and isinstance(frame.get("id"), int):
+            self._write({"type": "ack", "ids": [frame["id"]]})
 
     def _open_private(self, sender: str, frame: Frame) -> tuple[str, str]:
         """Check and open a private frame: (text, sender's hex fingerprint) or _Refused.
@@ -1099,7 +1149,43 @@ class ChatClient:
             log.warning("malformed %r frame from the server: %s", kind, exc)
             return None
 
+    def _on_left(self, frame: Frame) -> None:
+        self.room = str(frame.get("room_now", ""))
+        self._emit(RoomLeft(str(frame["room"]), self.room, str(frame["time"])))
+
+    def _on_history(self, frame: Frame) -> None:
+        room = str(frame["room"])
+        messages = tuple(self._room_message(m, True) for m in frame["messages"])
+        self._emit(HistoryPage(room, messages, bool(frame.get("more"))))
+
+    def _note_oldest(self, room: str, message_id: int) -> None:
+        """Remember the oldest message id seen in `room`: where /history goes on from."""
+        with self._state_lock:
+            oldest = self._oldest_seen.get(room)
+            self._oldest_seen[room] = message_id if oldest is None else min(oldest, message_id)
+
+    def _on_receipt(self, frame: Frame) -> None:
+        """What became of a private message that waited for its offline recipient."""
+        to = sanitize.inert(str(frame.get("to", "")))
+        kind = frame["type"]
+        if kind == "private_queued":
+            out = self._confirmed(frame.get("ref"))
+            if out is not None:
+                fingerprint, verified = self._pin_of(out.target)
+                self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+                                          out.text or "", str(frame["time"]), True,
+                                          fingerprint, verified, out.ref))
+            text = (f"{to} is offline: your private message waits on the server (sealed) "
+                    "and will be delivered when they log in")
+        elif kind == "private_delivered":
+            text = f"your private message {frame.get('id')} to {to} was delivered"
+        else:
+            text = (f"your private message {frame.get('id')} to {to} was NOT delivered: it "
+                    "waited longer than the server keeps messages")
+        self._emit(Notice(text, "receipt", str(frame.get("to", ""))))
+
     def _room_message(self, frame: dict[str, Any], history: bool) -> RoomMessage:
+        self._note_oldest(str(frame["room"]), int(frame["id"]))
         own = str(frame["user"]).casefold() == self.username.casefold()
         out = self._confirmed(frame.get("ref")) if own and not history else None
         return RoomMessage(int(frame["id"]), str(frame["room"]), str(frame["user"]),
@@ -1109,8 +1195,8 @@ class ChatClient:
     def _on_joined(self, frame: Frame) -> None:
         self.room = frame["room"]
         members = _members(frame["members"])
-        self._emit(RoomJoined(frame["room"], members,
-                              tuple(self._room_message(m, True) for m in frame["history"]),
+        history = tuple(self._room_message(m, True) for m in frame["history"])
+        self._emit(RoomJoined(frame["room"], members, history,
                               frame["time"], _count(frame.get("member_count"), len(members)),
                               frame.get("members_next") is None))
 
@@ -1201,6 +1287,11 @@ _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
     "key": ChatClient._on_key,
     "private": ChatClient._on_private,
     "private_sent": ChatClient._on_private_sent,
+    "private_queued": ChatClient._on_receipt,
+    "private_delivered": ChatClient._on_receipt,
+    "private_expired": ChatClient._on_receipt,
+    "left": ChatClient._on_left,
+    "history": ChatClient._on_history,
     "error": ChatClient._on_error,
     "ping": lambda c, f: c._write({"type": "pong", "data": f.get("data", "")}),
     "pong": lambda c, f: None,
@@ -1249,6 +1340,12 @@ def describe(event: Event) -> str:
         names = ", ".join(f"{_s(m.user)} ({_s(m.status)})" for m in event.members)
         more = _more(event.complete, event.member_count, len(event.members))
         return f"you are in {_s(event.room)} with {names}{more}"
+    if isinstance(event, RoomLeft):
+        now = f"; now in {_s(event.room_now)}" if event.room_now else "; you are in no room now"
+        return f"you left {_s(event.room)}{now}"
+    if isinstance(event, HistoryPage):
+        more = "; /history for older ones" if event.more else "; that is the beginning"
+        return f"{len(event.messages)} earlier messages of {_s(event.room)}{more}"
     if isinstance(event, UserJoined):
         return f"* {_s(event.user)} joined {_s(event.room)}"
     if isinstance(event, UserLeft):
@@ -1303,9 +1400,20 @@ def _describe_private_or_local(event: Event) -> str:
 def describe_lines(event: Event) -> list[str]:
     """The lines the terminal prints for an event: joining a room also shows its history."""
     lines = [describe(event)]
-    if isinstance(event, RoomJoined):
-        lines += [describe(message) for message in event.history]
+    if isinstance(event, (RoomJoined, HistoryPage)):
+        messages = event.history if isinstance(event, RoomJoined) else event.messages
+        lines += [describe(message) for message in messages]
     return lines
+
+
+def _history_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise CommandError(f"/history takes a number of messages, not {text!r}") from None
+    if not 1 <= count <= 100:
+        raise CommandError("/history shows 1 to 100 messages at a time")
+    return count
 
 
 def event_time(event: Event) -> str:

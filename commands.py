@@ -27,7 +27,12 @@ class CommandSpec:
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("privatemsg", "<user> <message>",
                 "send an end-to-end encrypted private message", 2, 2, ("msg", "pm")),
-    CommandSpec("join", "<room>", "join a room, creating it if it does not exist", 1, 1),
+    CommandSpec("join", "<room>", "join a room (creating it if it does not exist) and make it "
+                "the current one; you stay in your other rooms", 1, 1),
+    CommandSpec("leave", "[room]", "leave a room (the current one if none is named)", 0, 1,
+                ("part",)),
+    CommandSpec("history", "[n]", "show the n messages before the oldest one shown in the "
+                "current room (default 20, at most 100)", 0, 1),
     CommandSpec("rooms", "", "list the rooms and how many people are in each"),
     CommandSpec("list", "", "list the people in your room and their status"),
     CommandSpec("knowrooms", "", "list everyone online and the room they are in", aliases=("who",)),

@@ -53,7 +53,11 @@ NEW_KEY_BITS = 3072
 SCRYPT_COST = 2**17
 KEY_PROTECTION = "scryptAndAES256-CBC"
 
-DEFAULT_REPLAY_WINDOW = timedelta(minutes=10)
+DEFAULT_REPLAY_WINDOW = timedelta(minutes=10)  # how far ahead of our clock a sender's may be
+# How old a message may be: a private message can wait in the server's mailbox for its
+# offline recipient for 7 days (server --queue-max-age), plus a day of clock and delivery.
+DEFAULT_REPLAY_HORIZON = timedelta(days=8)
+MAX_REMEMBERED_IDS = 20_000  # beyond this the oldest ids go, and the horizon moves up
 STORE_FORMAT_VERSION = 1
 
 # Characters that would let a username escape its directory or break on some OS.
@@ -450,21 +454,32 @@ def known_servers(data_dir: Path) -> PinStore:
 # Replay protection
 
 class ReplayGuard:
-    """Remembers message ids received within the window, on disk, and refuses repeats.
+    """Remembers the ids of messages received within the horizon, on disk, and refuses
+    repeats.
 
-    An envelope is refused if its id was already seen or if its ``sent_at`` lies more than
-    ``window`` before or after now. Ids are forgotten once their ``sent_at`` has left the
-    window: a replay of them is then refused by the time check instead, since ``sent_at``
-    is signed. Call ``check`` before any RSA work on an envelope (a replay then costs no
-    RSA operation) and ``check_and_record`` only after ``crypto.open_envelope``
-    succeeded, so nobody can block a message by sending a forged one with its id first.
-    Thread-safe.
+    A message may legitimately be days old when it arrives (it waited in the server's
+    mailbox while we were offline), so the rule is not a short window around now: an
+    envelope is refused if its id was already seen, if its ``sent_at`` lies more than
+    ``window`` (10 minutes) ahead of now, or if it is older than ``horizon`` (8 days) or
+    than the *floor*. Ids are remembered for the whole horizon, and forgotten once their
+    ``sent_at`` leaves it: a replay of them is then refused by the time check, since
+    ``sent_at`` is signed. At most ``max_ids`` are kept; when more arrive, the oldest are
+    forgotten and the floor rises to the newest forgotten ``sent_at``, so a forgotten id
+    can never be accepted again either. Call ``check`` before any RSA work on an envelope
+    (a replay then costs no RSA operation) and ``check_and_record`` only after
+    ``crypto.open_envelope`` succeeded, so nobody can block a message by sending a forged
+    one with its id first. Thread-safe.
     """
 
-    def __init__(self, path: Path, window: timedelta = DEFAULT_REPLAY_WINDOW) -> None:
+    def __init__(self, path: Path, window: timedelta = DEFAULT_REPLAY_WINDOW,
+                 horizon: timedelta = DEFAULT_REPLAY_HORIZON,
+                 max_ids: int = MAX_REMEMBERED_IDS) -> None:
         self.path = Path(path)
         self.window = window
+        self.horizon = horizon
+        self.max_ids = max_ids
         self._lock = threading.Lock()
+        self._floor: datetime | None = None
         self._seen: dict[str, datetime] = self._load()
 
     def check(self, message_id: str, sent_at: str, now: datetime | None = None) -> None:
@@ -485,11 +500,14 @@ class ReplayGuard:
             raise DecryptionError("the message has no valid id")
         sent = parse_timestamp(sent_at)
         now = _aware_now(now)
-        if abs(now - sent) > self.window:
+        if sent - now > self.window or now - sent > self.horizon:
             raise ReplayError(
                 "the message's timestamp is too far from now: "
                 "a clock is wrong, or the message is being replayed"
             )
+        if self._floor is not None and sent <= self._floor:
+            raise ReplayError("the message is older than the ones this client still "
+                              "remembers, so it cannot be told from a replay")
         return sent, now
 
     def check_and_record(self, message_id: str, sent_at: str,
@@ -501,11 +519,17 @@ class ReplayGuard:
             if message_id in seen:
                 raise ReplayError("this message was already received once (replayed)")
             seen[message_id] = sent
-            _write_json_document(self.path, _seen_document(seen))
-            self._seen = seen  # only after the file is safely written
+            floor = self._floor
+            if len(seen) > self.max_ids:
+                ordered = sorted(seen.items(), key=lambda item: item[1])
+                dropped = ordered[: len(seen) - self.max_ids]
+                floor = max(floor or dropped[-1][1], dropped[-1][1])
+                seen = dict(ordered[len(dropped):])
+            _write_json_document(self.path, _seen_document(seen, floor))
+            self._seen, self._floor = seen, floor  # only after the file is safely written
 
     def _unexpired(self, now: datetime) -> dict[str, datetime]:
-        oldest = now - self.window
+        oldest = now - self.horizon
         return {mid: sent for mid, sent in self._seen.items() if sent >= oldest}
 
     def _load(self) -> dict[str, datetime]:
@@ -515,6 +539,11 @@ class ReplayGuard:
         entries = document.get("seen")
         if not isinstance(entries, dict):
             raise _corrupt(self.path, "no table of seen messages")
+        if document.get("floor") is not None:
+            try:
+                self._floor = parse_timestamp(document["floor"])
+            except DecryptionError:
+                raise _corrupt(self.path, "bad floor time") from None
         seen = {}
         for message_id, sent_at in entries.items():
             try:
@@ -532,11 +561,12 @@ def _aware_now(now: datetime | None) -> datetime:
     return now
 
 
-def _seen_document(seen: dict[str, datetime]) -> dict[str, Any]:
+def _seen_document(seen: dict[str, datetime], floor: datetime | None) -> dict[str, Any]:
     # utc_timestamp(parse_timestamp(s)) == s for every valid s, so nothing is lost here.
     return {
         "version": STORE_FORMAT_VERSION,
         "seen": {mid: utc_timestamp(sent) for mid, sent in seen.items()},
+        "floor": utc_timestamp(floor) if floor is not None else None,
     }
 
 

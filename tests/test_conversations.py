@@ -336,3 +336,60 @@ def test_scrollback_pages_through_a_thousand_messages_without_duplicates_or_hole
     assert "not in #nowhere" in ann.wait_for("error")["message"]
     ann.send({"type": "history", "room": "#common", "limit": 101})
     assert "1 to 100" in ann.wait_for("error")["message"]
+
+
+# -- the client library --------------------------------------------------------------------
+
+def test_the_client_seals_for_an_offline_contact_who_reads_it_at_the_next_login(
+    server_factory: Any, client_factory: Any
+) -> None:
+    from client import Notice, PrivateMessage
+
+    chat = server_factory()
+    alice = client_factory(chat, "alice")
+    bob = client_factory(chat, "bob")  # registers bob's key, then goes away
+    bob.close()
+    wait_until(lambda: chat.state.member("bob") is None, what="bob went offline")
+    alice.execute("/pm bob read this when you are back")
+    sent = alice.recorder.wait_for(PrivateMessage)
+    assert sent.outgoing and sent.text == "read this when you are back"
+    assert "waits on the server" in alice.recorder.wait_for(Notice).text
+
+    back = client_factory(chat, "bob")
+    got = back.recorder.wait_for(PrivateMessage)
+    assert (got.peer, got.text, got.outgoing) == ("alice", "read this when you are back", False)
+    delivered = alice.recorder.wait_for(lambda e: isinstance(e, Notice) and e.topic == "receipt"
+                                        and "was delivered" in e.text)
+    assert "bob" in delivered.text
+    wait_until(lambda: chat.users.mailbox_size() == (0, 0), what="the mailbox emptied")
+    back.close()
+    wait_until(lambda: chat.state.member("bob") is None, what="bob went offline")
+    again = client_factory(chat, "bob")
+    again.say("sync")
+    again.recorder.wait_for(lambda e: getattr(e, "text", "") == "sync")
+    assert not again.recorder.of_type(PrivateMessage), "acknowledged: not delivered twice"
+
+
+def test_the_client_leaves_rooms_and_scrolls_back(server_factory: Any, client_factory: Any) -> None:
+    from client import HistoryPage, RoomJoined, RoomLeft, RoomMessage
+
+    chat = server_factory(rate=0)
+    alice = client_factory(chat, "alice")
+    for n in range(30):
+        alice.say(f"line {n}")
+    alice.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.text == "line 29")
+    alice.join("side")
+    alice.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#side")
+    alice.execute("/leave")
+    left = alice.recorder.wait_for(RoomLeft)
+    assert left.room == "#side" and left.room_now == "#common" and alice.room == "#common"
+    bob = client_factory(chat, "bob")  # his snapshot of #common: lines 20 to 29
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#common")
+    bob.execute("/history 15")  # the 15 before the oldest he has seen
+    page = bob.recorder.wait_for(HistoryPage)
+    assert [m.text for m in page.messages] == [f"line {n}" for n in range(5, 20)]
+    assert page.more and all(m.history for m in page.messages)
+    mark = bob.recorder.mark()
+    bob.execute("/history 15")
+    rest = bob.recorder.wait_for(HistoryPage, after=mark)
+    assert [m.text for m in rest.messages] == [f"line {n}" for n in range(5)] and not rest.more

@@ -252,7 +252,7 @@ def test_same_message_id_twice_is_rejected(tmp_path):
         guard.check_and_record("m1", stamp(), now=NOW + timedelta(seconds=5))
 
 
-@pytest.mark.parametrize("offset", [timedelta(minutes=-10, milliseconds=-1),
+@pytest.mark.parametrize("offset", [timedelta(days=-8, milliseconds=-1),
                                     timedelta(minutes=10, milliseconds=1),
                                     timedelta(days=-400)])
 def test_message_outside_the_window_is_rejected(tmp_path, offset):
@@ -261,8 +261,10 @@ def test_message_outside_the_window_is_rejected(tmp_path, offset):
         guard.check_and_record("m1", stamp(offset), now=NOW)
 
 
-@pytest.mark.parametrize("offset", [timedelta(minutes=-10), timedelta(minutes=10)])
+@pytest.mark.parametrize("offset", [timedelta(days=-8), timedelta(hours=-30),
+                                    timedelta(minutes=10)])
 def test_message_at_the_window_edge_is_accepted(tmp_path, offset):
+    """Up to 8 days old (it may have waited in the server's mailbox), 10 minutes ahead."""
     ReplayGuard(tmp_path / "seen.json").check_and_record("m1", stamp(offset), now=NOW)
 
 
@@ -277,9 +279,9 @@ def test_seen_ids_persist_across_restarts(tmp_path):
 
 def test_old_ids_are_pruned_and_their_replays_still_fail(tmp_path):
     path = tmp_path / "seen.json"
-    guard = ReplayGuard(path, window=timedelta(minutes=10))
+    guard = ReplayGuard(path, horizon=timedelta(days=8))
     guard.check_and_record("old", stamp(), now=NOW)
-    later = NOW + timedelta(minutes=11)
+    later = NOW + timedelta(days=8, minutes=1)
     guard.check_and_record("new", utc_timestamp(later), now=later)
     assert set(json.loads(path.read_text())["seen"]) == {"new"}
     with pytest.raises(ReplayError, match="too far"):
@@ -339,7 +341,26 @@ def test_replay_check_records_nothing(tmp_path):
     with pytest.raises(ReplayError):
         guard.check("a" * 32, sent, NOW)
     with pytest.raises(ReplayError):
-        guard.check("b" * 32, utc_timestamp(NOW - timedelta(hours=1)), NOW)
+        guard.check("b" * 32, utc_timestamp(NOW - timedelta(days=9)), NOW)
+
+
+def test_a_message_that_waited_hours_in_the_mailbox_is_accepted_once_across_restarts(tmp_path):
+    path = tmp_path / "seen.json"
+    sealed = utc_timestamp(NOW - timedelta(hours=20))
+    ReplayGuard(path).check_and_record("q" * 32, sealed, now=NOW)
+    with pytest.raises(ReplayError, match="already received"):
+        ReplayGuard(path).check("q" * 32, sealed, now=NOW + timedelta(days=3))
+
+
+def test_over_the_id_cap_the_oldest_are_forgotten_and_can_never_come_back(tmp_path):
+    path = tmp_path / "seen.json"
+    guard = ReplayGuard(path, max_ids=3)
+    for n in range(4):
+        guard.check_and_record(f"m{n}", utc_timestamp(NOW - timedelta(hours=10 - n)), now=NOW)
+    assert set(json.loads(path.read_text())["seen"]) == {"m1", "m2", "m3"}
+    for guard in (guard, ReplayGuard(path, max_ids=3)):  # the floor survives a restart
+        with pytest.raises(ReplayError, match="older than the ones"):
+            guard.check("m0", utc_timestamp(NOW - timedelta(hours=10)), now=NOW)
 
 
 def test_verified_mark_names_the_fingerprint_and_a_key_change_clears_it(tmp_path):
