@@ -54,11 +54,11 @@ from client import (
     RoomList,
     RoomMessage,
     StatusChanged,
+    TlsSettings,
     UserJoined,
     UserLeft,
     UserList,
     Welcome,
-    TlsSettings,
 )
 from commands import CommandError
 from errors import GapshapeError
@@ -1161,7 +1161,7 @@ def status_word(label: str) -> str:
     return STATUS_ALIASES.get(label.strip().lower(), "online")
 
 
-def batch(items: "queue.Queue[Any]", limit: int) -> Iterable[Any]:
+def batch(items: queue.Queue[Any], limit: int) -> Iterable[Any]:
     """Up to `limit` items that are waiting in `items`, without blocking."""
     for _ in range(limit):
         try:

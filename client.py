@@ -502,7 +502,7 @@ class ChatClient:
             if frame is None:
                 try:
                     data = self._sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     raise LoginError("timeout", "the server did not answer in time") from None
                 if not data:
                     raise LoginError("closed", "the server closed the connection")
@@ -1214,7 +1214,7 @@ class ChatClient:
                 more = (isinstance(cursor, str) and bool(cursor) and bool(items)
                         and cursor != fetch.last_cursor and len(fetch.items) < MAX_LISTED_ITEMS)
                 if more:
-                    fetch.last_cursor = cursor
+                    fetch.last_cursor = str(cursor)
                     request = {**fetch.request, "after": cursor}
                 else:
                     del self._pages[kind]

@@ -112,7 +112,7 @@ def flat(entries: list[Located]) -> list[int]:
 
 def unpack(text: str) -> list[Located]:
     values = json.loads(text)
-    return list(zip(values[0::3], values[1::3], values[2::3]))
+    return list(zip(values[0::3], values[1::3], values[2::3], strict=True))
 
 
 class MessageIndex:
@@ -224,7 +224,7 @@ class MessageIndex:
             cut = db.execute(
                 "SELECT block, room, entries FROM blocks WHERE last_offset >= ?", (offset,)
             ).fetchall()
-            for block, key, data in cut:
+            for block, _room, data in cut:
                 kept = [entry for entry in unpack(data) if entry[1] < offset]
                 if kept:
                     db.execute(
@@ -359,6 +359,6 @@ def _move_aside(path: Path) -> None:
     """Keep a bad index file, with its journal, as <path>.bad for whoever wants to look."""
     aside = path.with_name(path.name + ".bad")
     os.replace(path, aside)
-    for leftover, kept in zip(_sidecars(path), _sidecars(aside)):
+    for leftover, kept in zip(_sidecars(path), _sidecars(aside), strict=True):
         if leftover.exists():
             os.replace(leftover, kept)

@@ -117,7 +117,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, TypeGuard, cast
 
 from fileutil import write_atomically
 from logindex import IndexEntry, MessageIndex
@@ -189,7 +189,7 @@ def _check_record(record: Record) -> None:
         raise ValueError("a 'message' record needs a string 'room'")
 
 
-def _is_id(value: object) -> bool:
+def _is_id(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -454,8 +454,9 @@ class MessageLog:
         """
         line = encode_record(record)
         event = record["event"]
-        record_id = record["id"] if event in ID_EVENTS else None
-        key = (record["room"], record_id) if event == "message" else None
+        record_id: int | None = record["id"] if event in ID_EVENTS else None
+        key = (str(record["room"]), record_id) if event == "message" and record_id is not None \
+            else None
         with self._state_lock:
             if self._closed:
                 raise ValueError(f"append to closed message log {self.path}")
@@ -634,7 +635,7 @@ class MessageLog:
             raise
         entries: list[IndexEntry] = []
         offset = self._offset
-        for line, key in zip(batch, keys):
+        for line, key in zip(batch, keys, strict=True):
             if key is not None:
                 entries.append((key[0], key[1], offset, len(line)))
             offset += len(line)
@@ -857,7 +858,7 @@ class MessageLog:
                                "log does not hold there; delete %s to rebuild it", self.path,
                                offset, record_id, self.index_path)
                 continue
-            result.append((line, record))
+            result.append((line, cast(Record, record)))  # checked by _is_message_of
         return result
 
     # -- opening -----------------------------------------------------------------------

@@ -156,7 +156,8 @@ class FrameDecoder:
         """The next complete frame, None if more bytes are needed, or raise ProtocolError."""
         available = len(self._buffer) - self._start
         if available < HEADER.size:
-            return self._need_more(available)
+            self._check_not_truncated(available)
+            return None
         (length,) = HEADER.unpack_from(self._buffer, self._start)
         if length > self.max_frame_size:
             raise FrameTooLarge(
@@ -164,7 +165,8 @@ class FrameDecoder:
             )
         end = self._start + HEADER.size + length
         if end > len(self._buffer):
-            return self._need_more(available)
+            self._check_not_truncated(available)
+            return None
         body = bytes(self._buffer[self._start + HEADER.size : end])
         if end == len(self._buffer):  # all consumed: drop the buffer's capacity while idle
             self._buffer = bytearray()
@@ -173,10 +175,9 @@ class FrameDecoder:
             self._start = end
         return decode_body(body)
 
-    def _need_more(self, available: int) -> None:
+    def _check_not_truncated(self, available: int) -> None:
         if self._eof and available:
             raise TruncatedFrame(f"connection closed in the middle of a frame ({available} bytes)")
-        return None
 
     def feed(self, data: bytes) -> list[Frame]:
         """Convenience: receive `data` and return every frame now complete."""

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from errors import GapshapeError, ServerFull
+from floodcontrol import FloodLedger, RegistrationQuota
 from gapshape_version import __version__
 from keyregistry import KeyRegistry, KeyRegistryError
 from messagelog import HISTORY_BUDGET, MessageLog, decode_line
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
-from floodcontrol import FloodLedger, RegistrationQuota
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
 from transport import BacklogBudget, Connection, Writer
 from userstore import MailboxLimits, UserStore
@@ -144,7 +144,7 @@ class ChatServer:
         while not self.stopping:
             try:
                 sock, address = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as exc:
                 if self.stopping:

@@ -28,9 +28,9 @@ import auth
 from errors import (
     AuthFailed,
     GapshapeError,
+    InvalidName,
     KeyMismatch,
     NameTaken,
-    InvalidName,
     NotLoggedIn,
     ProtocolError,
     RegistrationLimited,

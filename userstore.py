@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 FORMAT = "gapshape-userstate"
 VERSION = 1
@@ -85,10 +85,10 @@ class Queued:
 class UserStore:
     """The SQLite file; every method is one transaction. Thread-safe."""
 
-    def __init__(self, path: Path | str = ":memory:", limits: MailboxLimits = MailboxLimits(),
+    def __init__(self, path: Path | str = ":memory:", limits: MailboxLimits | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = path
-        self.limits = limits
+        self.limits = limits or MailboxLimits()
         self.clock = clock
         self._lock = threading.Lock()
         try:
@@ -117,29 +117,29 @@ class UserStore:
 
     def rooms(self, user: str) -> list[str]:
         """The user's rooms, in the order they joined them."""
-        return [room for (room,) in self._all(
+        return [str(room) for (room,) in self._all(
             "SELECT room FROM memberships WHERE user = ? ORDER BY joined_at, room",
             (user.casefold(),))]
 
     def add_room(self, user: str, room: str) -> None:
         self._write(
-            "INSERT INTO users (user) VALUES (?) ON CONFLICT (user) DO NOTHING",
-            (user.casefold(),),
-            "INSERT OR IGNORE INTO memberships (user, room, joined_at) VALUES (?, ?, ?)",
-            (user.casefold(), room, self.clock()))
+            ("INSERT INTO users (user) VALUES (?) ON CONFLICT (user) DO NOTHING",
+             (user.casefold(),)),
+            ("INSERT OR IGNORE INTO memberships (user, room, joined_at) VALUES (?, ?, ?)",
+             (user.casefold(), room, self.clock())))
 
     def remove_room(self, user: str, room: str) -> None:
-        self._write("DELETE FROM memberships WHERE user = ? AND room = ?",
-                    (user.casefold(), room))
+        self._write(("DELETE FROM memberships WHERE user = ? AND room = ?",
+                     (user.casefold(), room)))
 
     def last_seen(self, user: str) -> int | None:
         row = self._one("SELECT last_seen FROM users WHERE user = ?", (user.casefold(),))
-        return None if row is None else row[0]
+        return None if row is None or row[0] is None else int(row[0])
 
     def set_last_seen(self, user: str, message_id: int) -> None:
-        self._write("INSERT INTO users (user, last_seen) VALUES (?, ?) "
-                    "ON CONFLICT (user) DO UPDATE SET last_seen = excluded.last_seen",
-                    (user.casefold(), message_id))
+        self._write(("INSERT INTO users (user, last_seen) VALUES (?, ?) "
+                     "ON CONFLICT (user) DO UPDATE SET last_seen = excluded.last_seen",
+                     (user.casefold(), message_id)))
 
     # -- mailbox --------------------------------------------------------------------------
 
@@ -164,9 +164,10 @@ class UserStore:
 
     def waiting(self, recipient: str) -> list[Queued]:
         """Every message waiting for `recipient`, oldest first (they stay until `remove`)."""
-        return [Queued(id_, sender, bytes(frame)) for id_, sender, frame in self._all(
-            "SELECT id, sender, frame FROM mailbox WHERE recipient = ? ORDER BY id",
-            (recipient.casefold(),))]
+        return [Queued(int(id_), str(sender), bytes(frame))
+                for id_, sender, frame in self._all(
+                    "SELECT id, sender, frame FROM mailbox WHERE recipient = ? ORDER BY id",
+                    (recipient.casefold(),))]
 
     def remove(self, recipient: str, ids: list[int]) -> list[Queued]:
         """Take the acknowledged messages out; returns those that were there."""
@@ -208,8 +209,8 @@ class UserStore:
     # -- receipts for senders who are offline -------------------------------------------
 
     def keep_receipt(self, sender: str, frame: bytes) -> None:
-        self._write("INSERT INTO receipts (sender, frame) VALUES (?, ?)",
-                    (sender.casefold(), frame))
+        self._write(("INSERT INTO receipts (sender, frame) VALUES (?, ?)",
+                     (sender.casefold(), frame)))
 
     def take_receipts(self, sender: str) -> list[bytes]:
         folded = sender.casefold()
@@ -230,21 +231,23 @@ class UserStore:
             raise sqlite3.DatabaseError(
                 f"format {rows.get('format')!r} version {rows.get('version')!r}")
 
-    def _one(self, sql: str, args: tuple[object, ...]) -> tuple[object, ...] | None:
+    def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._lock:
-            return self._db.execute(sql, args).fetchone()
+            row: tuple[Any, ...] | None = self._db.execute(sql, args).fetchone()
+            return row
 
-    def _all(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+    def _all(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            rows: list[tuple[Any, ...]] = self._db.execute(sql, args).fetchall()
+            return rows
 
-    def _write(self, *statements: object) -> None:
-        """Run (sql, args) pairs in one transaction."""
+    def _write(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        """Run (sql, args) statements in one transaction."""
         with self._lock:
             try:
                 self._db.execute("BEGIN")
-                for sql, args in zip(statements[::2], statements[1::2]):
-                    self._db.execute(sql, args)  # type: ignore[arg-type]
+                for sql, args in statements:
+                    self._db.execute(sql, args)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")

@@ -531,7 +531,7 @@ def test_room_names_are_normalised_or_explained() -> None:
      "Nothing is answering at example.org:5050", True),
     (socket.gaierror(-2, "Name or service not known"), "no_such_host",
      '"example.org" could not be found', True),
-    (socket.timeout("timed out"), "timeout", "did not answer in time", True),
+    (TimeoutError("timed out"), "timeout", "did not answer in time", True),
     (identity.IdentityError("wrong passphrase for x"), "identity", "wrong passphrase", False),
     (OSError(113, "No route to host"), "network", "No route to host", True),
 ])

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import ROOT, make_identity
 
 from client import (
     PrivateMessage,
@@ -31,6 +30,7 @@ from client import (
     UserLeft,
     UserList,
 )
+from conftest import ROOT, make_identity
 
 WAIT = 15.0  # seconds any one expected change may take
 
@@ -473,9 +473,8 @@ def test_a_flood_of_hostile_text_neither_crashes_nor_freezes_the_window(
 def test_a_changed_key_is_impossible_to_miss(launch: Callable[..., Gui], chat_server: Any,
                                             client_factory: Any, key_pool: Any,
                                             tmp_path: Path) -> None:
-    from conftest import Recorder
-
     from client import ChatClient, LoginError
+    from conftest import Recorder
 
     host, port = chat_server.address
     bob = client_factory(chat_server, "bob", key=0)

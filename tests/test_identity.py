@@ -358,9 +358,9 @@ def test_over_the_id_cap_the_oldest_are_forgotten_and_can_never_come_back(tmp_pa
     for n in range(4):
         guard.check_and_record(f"m{n}", utc_timestamp(NOW - timedelta(hours=10 - n)), now=NOW)
     assert set(json.loads(path.read_text())["seen"]) == {"m1", "m2", "m3"}
-    for guard in (guard, ReplayGuard(path, max_ids=3)):  # the floor survives a restart
+    for reader in (guard, ReplayGuard(path, max_ids=3)):  # the floor survives a restart
         with pytest.raises(ReplayError, match="older than the ones"):
-            guard.check("m0", utc_timestamp(NOW - timedelta(hours=10)), now=NOW)
+            reader.check("m0", utc_timestamp(NOW - timedelta(hours=10)), now=NOW)
 
 
 def test_verified_mark_names_the_fingerprint_and_a_key_change_clears_it(tmp_path):
