@@ -111,9 +111,14 @@ def test_tk_safe_output_is_always_displayable(text: str) -> None:
     shown.encode("utf-8")  # Tk receives UTF-8: must not raise
 
 
-def test_astral_support_is_decided_by_the_tcl_version() -> None:
-    assert not chatview.tk_can_show_astral("8.6.13")
-    assert chatview.tk_can_show_astral("9.0.1")
+def test_astral_support_is_decided_by_the_tcl_version_and_fonts() -> None:
+    # Tk 8.6.10+ joins surrogate pairs when drawing (seen under Xvfb with 8.6.13), but on
+    # X11 only a font with the glyphs draws them; older 8.6 shows two boxes.
+    assert chatview.tk_can_show_astral("8.6.13", "x11", emoji_font=True)
+    assert not chatview.tk_can_show_astral("8.6.13", "x11", emoji_font=False)
+    assert chatview.tk_can_show_astral("8.6.13", "win32", emoji_font=False)
+    assert not chatview.tk_can_show_astral("8.6.9", "aqua")
+    assert chatview.tk_can_show_astral("9.0.1", "x11", emoji_font=False)
     assert not chatview.tk_can_show_astral("garbage")
 
 
@@ -405,8 +410,8 @@ def test_backoff_doubles_up_to_a_limit_and_resets() -> None:
 
 
 def test_backoff_jitter_stays_within_bounds() -> None:
-    low = Backoff(first=10, jitter=0.2, rng=lambda: 0.0)
-    high = Backoff(first=10, jitter=0.2, rng=lambda: 0.999999)
+    low = Backoff(first=10, limit=60, jitter=0.2, rng=lambda: 0.0)
+    high = Backoff(first=10, limit=60, jitter=0.2, rng=lambda: 0.999999)
     assert low.next_delay() == pytest.approx(8.0)
     assert high.next_delay() == pytest.approx(12.0, rel=1e-4)
     capped = Backoff(first=100, limit=60, jitter=0.5, rng=lambda: 0.999999)
