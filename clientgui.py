@@ -1937,6 +1937,7 @@ class Probe:
         shot["conversation"] = main.text.get("1.0", "end-1c")
         shot["conversation_images"] = len(main.text.image_names())
         shot["conversation_view"] = [round(v, 4) for v in main.text.yview()]
+        shot["top_line"] = main.text.get("@0,0 linestart", "@0,0 lineend")
         shot["room"] = main.room_title.get()
         shot["rooms"] = []
         for item in main.rooms.get_children():

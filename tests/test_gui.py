@@ -266,6 +266,16 @@ def steady(gui: Gui, where: Callable[[dict[str, Any]], list[int]]) -> dict[str, 
     return gui.wait(lambda s: where(s) and s["settled"], "the window laid out at its size")
 
 
+def barrier(gui: Gui) -> dict[str, Any]:
+    """The state once the window has handled every X event sent so far: X delivers in
+    order, so when a key typed now shows in the input box, all earlier input is done."""
+    gui.type("#")
+    state = gui.wait(lambda s: s["input"].endswith("#"), "the window to catch up")
+    gui.key("BackSpace")
+    gui.wait(lambda s: not s["input"].endswith("#"), "the marker key removed")
+    return state
+
+
 def other_window(gui: Gui) -> subprocess.Popen[bytes]:
     """Another program's window, activated through the window manager, so the GUI is in
     the background as when the person works elsewhere. The caller ends it."""
@@ -564,3 +574,127 @@ def test_a_changed_key_is_impossible_to_miss(launch: Callable[..., Gui], chat_se
         assert "you now trust bob's new key" in state["conversation"]
     finally:
         impostor.close()
+
+
+def test_a_day_of_use_scrolling_focus_unsent_text_and_layout(
+        launch: Callable[..., Gui], server_factory: Any, client_factory: Any) -> None:
+    chat_server = server_factory(rate=0)  # bob's bursts must not meet flood control
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    bob.join("#design")
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#design")
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    gui.wait(lambda s: any(r["name"] == "#design" for r in s["rooms"]), "#design listed")
+
+    # Tab completes a room after /join without its '#'.
+    gui.click(gui.state()["boxes"]["input"])
+    gui.wait(lambda s: s["focus"] == "input", "the keyboard in the input")
+    gui.type("/join d")
+    gui.key("Tab")
+    gui.wait(lambda s: s["input"] == "/join #design ", "/join d completed to #design")
+    gui.key("Return")
+    state = gui.wait(lambda s: s["room"] == "#design" and len(s["members"]) == 2, "in #design")
+
+    # Enough lines to scroll; at the bottom the view follows.
+    for number in range(60):
+        bob.say(f"line {number}")
+    state = gui.conversation_has("bob  line 59")
+    gui.wait(lambda s: s["conversation_view"][1] == 1.0 and not s["new_messages"], "following")
+
+    # Scrolled up, it stays put and counts what arrives on a button; the button goes back.
+    box = state["boxes"]["conversation"]
+    gui.xdo("mousemove", str(box[0] + box[2] // 2), str(box[1] + box[3] // 2),
+            "click", "--repeat", "10", "--delay", "20", "4")
+    gui.wait(lambda s: not s["following"] and s["conversation_view"][1] < 0.99,
+             "the view scrolled up")
+    state = barrier(gui)
+    bob.say("while you were reading")
+    bob.say("and this too")
+    later = gui.wait(lambda s: s["new_messages"] == "↓  2 new messages", "the new messages button")
+    assert later["top_line"] == state["top_line"]  # the text read did not move
+    state = later
+    gui.click(state["boxes"]["new_messages"])
+    state = gui.wait(lambda s: s["conversation_view"][1] == 1.0 and not s["new_messages"]
+                     and s["focus"] == "input", "back at the end, keyboard in the input")
+
+    # Following survives the window being made smaller, and the side panes fold away at
+    # small sizes; 480x360 still shows the input and the conversation.
+    window = gui.find_window("alice in")
+    gui.xdo("windowsize", "--sync", window, "480", "360")
+    state = gui.wait(lambda s: s["size"][0] <= 520 and not s["panes"]["people"]
+                     and not s["panes"]["rooms"], "a small window with folded panes")
+    bob.say("seen at the small size")
+    state = gui.conversation_has("seen at the small size")
+    gui.wait(lambda s: s["conversation_view"][1] == 1.0, "still following after the resize")
+    assert state["boxes"]["input"] and state["boxes"]["input"][2] > 120
+    gui.click(state["boxes"]["rooms_toggle"])  # opened by hand, the rooms pane comes back
+    gui.wait(lambda s: s["panes"]["rooms"] and s["focus"] == "input", "the rooms pane opened")
+    gui.xdo("windowsize", "--sync", window, "1100", "700")
+    state = gui.wait(lambda s: s["panes"]["people"] and s["boxes"]["rooms"], "full layout again")
+
+    # Clicking a room, or a Create that fails, leaves the keyboard in the input box.
+    common = next(r for r in gui.wait(lambda s: all(r["box"] for r in s["rooms"]),
+                                      "rooms on screen")["rooms"] if r["name"] == "#common")
+    gui.click(common["box"])
+    gui.wait(lambda s: s["room"] == "#common" and s["focus"] == "input",
+             "#common, keyboard in the input")
+    bob.join("#common")
+    state = gui.wait(lambda s: len(s["members"]) == 2, "bob in #common too")
+    gui.click(state["boxes"]["new_room"])
+    gui.type("no spaces allowed")
+    gui.click(state["boxes"]["new_room_button"])
+    state = gui.wait(lambda s: s["focus"] == "input", "the keyboard back in the input")
+    gui.type("typed after")
+    gui.wait(lambda s: s["input"] == "typed after", "typing lands in the input")
+    gui.key("Escape")
+
+    # Shift+Enter composes several lines; Enter sends them as one message.
+    mark = bob.recorder.mark()
+    gui.type("first line")
+    gui.key("shift+Return")
+    gui.type("second line")
+    gui.wait(lambda s: s["input"] == "first line\nsecond line" and s["input_lines"] == 2,
+             "a two-line input")
+    gui.key("Return")
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomMessage)
+                          and e.text == "first line\nsecond line", after=mark)
+
+    # A private message refused (bob does not want to be disturbed) is not lost: it is
+    # back in the input, marked not sent, and Resend sends it once bob is back.
+    bob.set_status("dnd")
+    gui.wait(lambda s: any(m["name"] == "bob" and m["status"] == "do not disturb"
+                           for m in s["members"]), "bob shown as do not disturb")
+    gui.say("/msg bob are you free?")
+    state = gui.wait(lambda s: s["unsent"] and s["input"] == "/msg bob are you free?",
+                     "the refused message kept")
+    assert "Not sent" in state["unsent"]
+    mark = bob.recorder.mark()
+    bob.set_status("online")
+    gui.wait(lambda s: any(m["name"] == "bob" and m["status"] == "online"
+                           for m in s["members"]), "bob back online")
+    gui.click(state["boxes"]["resend"])
+    sent = bob.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing,
+                                 after=mark)
+    assert sent.text == "are you free?"
+    gui.wait(lambda s: not s["unsent"] and s["input"] == "", "the input cleared once sent")
+
+    # A mention while the window is in the background: notification, bell, title count.
+    other = other_window(gui)
+    bob.say("alice: look at https://example.org/page")
+    state = gui.wait(lambda s: s["title"].startswith("(1) "), "the title count for a mention")
+    assert state["notifications"][-1] == ["bob in #common", "alice: look at https://example.org/page"]
+    other.terminate()
+    other.wait(5)
+    gui.xdo("windowactivate", "--sync", gui.find_window("alice in"))
+    gui.wait(lambda s: s["focused"] and not s["title"].startswith("("), "the count cleared")
+
+    # Ctrl+F finds text in the conversation; Escape closes the bar.
+    gui.key("ctrl+f")
+    gui.wait(lambda s: s["focus"] == "search", "the search bar")
+    gui.type("SECOND line")
+    state = gui.wait(lambda s: s["search"] == "1 of 1", "the multi-line message found")
+    gui.key("Escape")
+    gui.wait(lambda s: s["search"] is None and s["focus"] == "input", "search closed")
+    gui.say("/quit")
+    assert gui.exit_code() == 0
