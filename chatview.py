@@ -684,7 +684,9 @@ def find_links(text: str) -> list[tuple[int, int, str]]:
     found = []
     for match in _LINK.finditer(text):
         start, url = match.start(), match.group(0)
-        while url and url[-1] in ".,;:!?)]}" and not (url[-1] == ")" and "(" in url):
+        while url and url[-1] in ".,;:!?)]}'":
+            if url[-1] == ")" and url.count("(") >= url.count(")"):
+                break  # a bracket that belongs to the link, as in wiki/Tk_(toolkit)
             url = url[:-1]
         if len(url) <= 4:
             continue
