@@ -1900,6 +1900,10 @@ class Probe:
         root.after(self.interval_ms, self._tick)
 
     @staticmethod
+    def _text_box(widget: tk.Misc, box: tuple[int, int, int, int]) -> list[int]:
+        return [widget.winfo_rootx() + box[0], widget.winfo_rooty() + box[1], box[2], box[3]]
+
+    @staticmethod
     def _box(widget: tk.Misc) -> list[int]:
         if not widget.winfo_ismapped():
             return []
@@ -1938,6 +1942,20 @@ class Probe:
         shot["conversation_images"] = len(main.text.image_names())
         shot["conversation_view"] = [round(v, 4) for v in main.text.yview()]
         shot["top_line"] = main.text.get("@0,0 linestart", "@0,0 lineend")
+        shot["link_boxes"] = {}
+        for tag, url in main._links.items():
+            ranges = main.text.tag_ranges(tag)
+            box = main.text.bbox(ranges[0]) if ranges else None
+            if box:
+                shot["link_boxes"][url] = self._text_box(main.text, box)
+        last = main.text.bbox("end-2c linestart")
+        shot["last_line_box"] = self._text_box(main.text, last) if last else []
+        astral = next((ch for ch in shot["conversation"] if ord(ch) > 0xFFFF), "")
+        where = main.text.search(astral, "1.0", "end") if astral else ""
+        box = main.text.bbox(where) if where else None
+        shot["emoji_box"] = self._text_box(main.text, box) if box else []
+        shot["menu_open"] = bool(app.open_menu is not None and app.open_menu.winfo_exists()
+                                 and app.open_menu.winfo_ismapped())
         shot["room"] = main.room_title.get()
         shot["rooms"] = []
         for item in main.rooms.get_children():

@@ -115,10 +115,11 @@ def display() -> Iterator[str]:
 class Gui:
     """One clientgui.py process, its probe file, and xdotool aimed at its display."""
 
-    def __init__(self, display: str, home: Path, probe: Path, *args: str) -> None:
+    def __init__(self, display: str, home: Path, probe: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
         self.display, self.home, self.probe = display, home, probe
         self.env = {**os.environ, "DISPLAY": display, "GAPSHAPE_HOME": str(home),
-                    "GAPSHAPE_GUI_PROBE": str(probe)}
+                    "GAPSHAPE_GUI_PROBE": str(probe), **(env or {})}
         self.env.pop("GAPSHAPE_PASSPHRASE", None)
         probe.unlink(missing_ok=True)
         self.process = subprocess.Popen([sys.executable, str(ROOT / "clientgui.py"), *args],
@@ -195,7 +196,20 @@ class Gui:
         """Type into the focused widget. xdotool's default 12 ms between keys; a letter
         that arrives while the window is still being mapped is lost, so callers first
         wait for the focus (see `say`)."""
-        self.xdo("type", "--delay", "12", text)
+        for run in _runs(text):
+            if run.isascii():
+                self.xdo("type", "--delay", "12", run)
+                continue
+            # xdotool types a character missing from the keymap by remapping a spare key
+            # first; a key pressed before Tk has seen that remapping arrives as the old
+            # key (or nothing). So: one such character at a time, each checked in the
+            # input box before the next key.
+            for char in run:
+                before = self.state().get("input", "")
+                self.xdo("type", "--delay", "80", char)
+                if self.state().get("screen") == "main":
+                    self.wait(lambda s, want=before + char: s["input"].startswith(want)
+                              or s["input"].endswith(char), f"{char!r} typed")
 
     def key(self, *keys: str) -> None:
         self.xdo("key", "--delay", "30", *keys)
@@ -229,10 +243,11 @@ def launch(display: str, tmp_path: Path, key_pool: Any) -> Iterator[Callable[...
     user's key (so no key is generated), with a probe file in tmp_path."""
     guis: list[Gui] = []
 
-    def start(*args: str, user: str = "alice", key: int = 1, home: Path | None = None) -> Gui:
+    def start(*args: str, user: str = "alice", key: int = 1, home: Path | None = None,
+              env: dict[str, str] | None = None) -> Gui:
         home = home or tmp_path / "gui-home"
         make_identity(home, user, key_pool.get(key))
-        gui = Gui(display, home, tmp_path / f"probe-{len(guis)}.json", *args)
+        gui = Gui(display, home, tmp_path / f"probe-{len(guis)}.json", *args, env=env)
         guis.append(gui)
         gui.wait(lambda s: s["screen"] == "login", "the login window")
         steady(gui, lambda s: s["login"]["boxes"]["connect"])
@@ -285,6 +300,34 @@ def other_window(gui: Gui) -> subprocess.Popen[bytes]:
     gui.xdo("windowactivate", "--sync", gui.find_window("another program"))
     gui.wait(lambda s: not s["focused"], "the window to lose focus")
     return other
+
+
+def pixels(gui: Gui, box: list[int]) -> list[tuple[int, int, int]]:
+    """The colours of the screen inside `box` (x, y, width, height), read back from the X
+    server with ImageMagick's `import`; skips the test without it."""
+    if shutil.which("import") is None:
+        pytest.skip("ImageMagick is not installed (Debian: apt-get install imagemagick)")
+    x, y, width, height = box
+    dump = subprocess.run(["import", "-window", "root", "-crop", f"{width}x{height}+{x}+{y}",
+                           "-depth", "8", "txt:-"], env=gui.env, capture_output=True,
+                          text=True, timeout=WAIT, check=True).stdout
+    found = []
+    for line in dump.splitlines()[1:]:
+        colour = line.split("#", 1)[1][:6] if "#" in line else ""
+        if len(colour) == 6:
+            found.append((int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)))
+    return found
+
+
+def _runs(text: str) -> list[str]:
+    """`text` cut into runs that are all ASCII or all not."""
+    runs: list[str] = []
+    for char in text:
+        if runs and runs[-1][-1].isascii() == char.isascii():
+            runs[-1] += char
+        else:
+            runs.append(char)
+    return runs
 
 
 def free_port() -> int:
@@ -460,12 +503,15 @@ def test_reconnects_with_backoff_and_restores_room_and_status(
                      "the window to say the connection is lost")
     assert "Connection lost" in state["connection_banner"]
     assert "Connection lost" in state["conversation"]
+    state = gui.wait(lambda s: s["rooms_stale"], "the room list marked as stale")
+    assert "offline" in state["rooms_title"]
 
     second = server_factory(port=port)  # the server comes back on the same port
     state = gui.wait(lambda s: s["title"] == "alice in #ops · connected — Gapshape"
                      and s["status"] == "Away", "reconnected to #ops, still away", timeout=20)
     assert not state["connection_banner"]
     assert "Reconnected" in state["conversation"]
+    gui.wait(lambda s: not s["rooms_stale"] and s["rooms_title"] == "ROOMS", "fresh rooms")
     carol = client_factory(second, "carol", key=2)
     carol.request("users")
     users = carol.recorder.wait_for(UserList)
@@ -696,5 +742,78 @@ def test_a_day_of_use_scrolling_focus_unsent_text_and_layout(
     state = gui.wait(lambda s: s["search"] == "1 of 1", "the multi-line message found")
     gui.key("Escape")
     gui.wait(lambda s: s["search"] is None and s["focus"] == "input", "search closed")
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+
+
+def test_dark_theme_emoji_links_menus_and_tooltips(launch: Callable[..., Gui], chat_server: Any,
+                                                   client_factory: Any, tmp_path: Path) -> None:
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    browser.chmod(0o755)
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    gui = launch("--username", "alice", "--host", host, "--port", str(port), "--theme", "dark",
+                 env={"BROWSER": str(browser)})
+    state = log_in(gui)
+    assert state["theme"] == "dark"
+    bob.say("party 🎉 at https://example.org/party and \u05e9\u05dc\u05d5\u05dd")
+    state = gui.wait(lambda s: s["link_boxes"] and s["emoji_box"] and s["settled"],
+                     "the message with its link and emoji")
+    # Dark: the conversation's background is dark on screen.
+    conversation = state["boxes"]["conversation"]
+    corner = pixels(gui, [conversation[0] + conversation[2] - 40, conversation[1] + conversation[3] - 30, 8, 8])
+    assert all(sum(colour) < 150 for colour in corner), corner[:3]
+    from clientgui import emoji_font_installed
+    if emoji_font_installed():
+        # The emoji is a drawn glyph, not a name in brackets and not an empty box.
+        assert "party 🎉 at" in state["conversation"]
+        glyph = pixels(gui, state["emoji_box"])
+        background = max(set(corner), key=corner.count)
+        inked = [c for c in glyph if max(abs(a - b) for a, b in zip(c, background)) > 60]
+        assert len(inked) > len(glyph) // 16, "the emoji's box is (nearly) empty"
+    # Hebrew is stored in visual order for Tk, which draws runs left to right.
+    assert "\u05dd\u05d5\u05dc\u05e9" in state["conversation"]
+
+    # Hovering over the time shows the full date.
+    line = state["last_line_box"]
+    gui.xdo("mousemove", str(line[0] + 6), str(line[1] + line[3] // 2))
+    state = gui.wait(lambda s: s["tooltip"] and any(year in s["tooltip"] for year in ("2026", "2027")),
+                     "the full date in a tooltip")
+
+    # A click on the link opens it with the system's browser.
+    url = "https://example.org/party"
+    gui.click(state["link_boxes"][url])
+    gui.wait(lambda s: url in s["opened_links"], "the link opened")
+    deadline = time.monotonic() + WAIT
+    while not (opened.exists() and url in opened.read_text()):
+        assert time.monotonic() < deadline, "the browser was not started with the link"
+        time.sleep(0.05)
+
+    # Right-click on the message: a menu whose first entry copies the message.
+    line = gui.state()["last_line_box"]
+    gui.xdo("mousemove", str(line[0] + 120), str(line[1] + line[3] // 2), "click", "3")
+    gui.wait(lambda s: s["menu_open"], "the context menu")
+    gui.key("Down", "Return")
+    gui.wait(lambda s: s["copied"].startswith("party 🎉 at https://example.org/party"),
+             "the message copied")
+    gui.wait(lambda s: s["focus"] == "input", "the keyboard back in the input")
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+
+
+def test_twice_the_size_at_200_percent(launch: Callable[..., Gui], chat_server: Any) -> None:
+    host, port = chat_server.address
+    gui = launch("--username", "alice", "--host", host, "--port", str(port), "--scale", "2")
+    state = log_in(gui)
+    assert state["scale"] == pytest.approx(2.0, abs=0.01)
+    assert state["input_font_px"] >= 28  # 11-12 pt at 192 DPI
+    assert state["boxes"]["input"][3] >= 2 * 22  # the input box grew with it
+    screen = [1280, 800]
+    assert state["size"][0] <= screen[0] and state["size"][1] <= screen[1]
+    assert state["boxes"]["send"] and state["boxes"]["status"]
+    gui.say("big and readable")
+    gui.conversation_has("alice  big and readable")
     gui.say("/quit")
     assert gui.exit_code() == 0
