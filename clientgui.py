@@ -684,7 +684,7 @@ class MainView(ttk.Frame):
                                      wraplength=self.px(150))
         self.people_hint.grid(row=2, column=0, columnspan=2, sticky="we", padx=4, pady=(8, 0))
         people.bind("<Configure>", lambda e: self.people_hint.configure(
-            wraplength=max(60, e.width - 16)))
+            wraplength=max(60, e.width - self.px(28))))
         return people
 
     def _create_input(self) -> None:
@@ -1766,7 +1766,14 @@ class App:
     def build_menu(self) -> None:
         """The menu bar; on macOS the first menu is the application menu."""
         root = self.root
-        bar = tk.Menu(root, tearoff=False)
+        colours = {"background": SIDEBAR, "foreground": INK, "activebackground": SELECTED_BG,
+                   "activeforeground": INK, "relief": "flat", "borderwidth": 0}
+        bar = tk.Menu(root, tearoff=False, **colours)
+        root.option_add("*Menu.background", SIDEBAR)
+        root.option_add("*Menu.foreground", INK)
+        root.option_add("*Menu.activeBackground", SELECTED_BG)
+        root.option_add("*Menu.activeForeground", INK)
+        root.option_add("*Menu.selectColor", ACCENT)
         if self.windowing == "aqua":
             app_menu = tk.Menu(bar, name="apple", tearoff=False)
             app_menu.add_command(label="About Gapshape", command=self.open_manual)
