@@ -960,6 +960,9 @@ class MainView(ttk.Frame):
         The list keeps its scroll position and the picked person across updates."""
         t = self.members
         top = t.yview()[0]
+        top_line = int(t.index("@0,0").split(".")[0])
+        top_name = (self.member_names[top_line - 1]
+                    if top > 0 and 0 < top_line <= len(self.member_names) else "")
         t.configure(state="normal")
         t.delete("1.0", "end")
         self.member_names = []
@@ -980,7 +983,10 @@ class MainView(ttk.Frame):
             self.member_names.append(name)
         t.configure(state="disabled")
         self._mark_picked()
-        t.yview_moveto(top)
+        if top_name in self.member_names:  # the same person stays at the top of the view
+            t.yview(f"{self.member_names.index(top_name) + 1}.0")
+        else:
+            t.yview_moveto(top)
         self.people_title.set(f"PEOPLE — {len(rows)}")
 
     def _mark_picked(self) -> None:
@@ -1992,6 +1998,9 @@ class Probe:
         shot["rooms_title"] = main.rooms_title.get()
         shot["rooms_stale"] = main.rooms_stale
         shot["members_view"] = [round(v, 4) for v in main.members.yview()]
+        top = int(main.members.index("@0,0").split(".")[0])
+        shot["members_top"] = (main.member_names[top - 1]
+                               if 0 < top <= len(main.member_names) else "")
         shot["picked"] = main.picked_member
         shot["tooltip"] = main.tooltip.text
         shot["notifications"] = [list(item) for item in app.notifier.sent]

@@ -830,3 +830,29 @@ def test_twice_the_size_at_200_percent(launch: Callable[..., Gui], chat_server: 
     gui.conversation_has("alice  big and readable")
     gui.say("/quit")
     assert gui.exit_code() == 0
+
+
+def test_the_people_list_keeps_its_place_when_people_come_and_go(
+        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+    host, port = chat_server.address
+    # Ten more people, on the keys the pool already has (a key may hold several names).
+    for number in range(10):
+        client_factory(chat_server, f"user{number:02d}", key=(0, 2, 3)[number % 3])
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    state = log_in(gui)
+    gui.xdo("windowsize", "--sync", gui.find_window("alice in"), "760", "400")
+    state = gui.wait(lambda s: s["panes"]["people"] and s["members_view"][1] < 1.0
+                     and len(s["members"]) == 11, "a people list that scrolls")
+    box = state["boxes"]["members"]
+    gui.xdo("mousemove", str(box[0] + box[2] // 2), str(box[1] + box[3] // 2),
+            "click", "--repeat", "3", "--delay", "30", "5")
+    state = gui.wait(lambda s: s["members_view"][0] > 0, "the people list scrolled down")
+    state = barrier(gui)
+    top = state["members_top"]
+    assert top not in ("", "alice")
+    late = client_factory(chat_server, "zoe", key=1)
+    gui.wait(lambda s: len(s["members"]) == 12, "zoe in the list")
+    late.set_status("away", "back soon")
+    state = gui.wait(lambda s: s["members"][-1]["status"].startswith("away"), "zoe away")
+    assert state["members_top"] == top  # the list did not jump back to the top
+    assert state["members_view"][0] > 0
