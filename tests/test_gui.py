@@ -856,3 +856,25 @@ def test_the_people_list_keeps_its_place_when_people_come_and_go(
     state = gui.wait(lambda s: s["members"][-1]["status"].startswith("away"), "zoe away")
     assert state["members_top"] == top  # the list did not jump back to the top
     assert state["members_view"][0] > 0
+
+
+def test_the_theme_is_switched_from_the_menu_and_remembered(
+        launch: Callable[..., Gui], chat_server: Any) -> None:
+    host, port = chat_server.address
+    gui = launch("--username", "alice", "--host", host, "--port", str(port), "--theme", "light")
+    log_in(gui)
+    gui.say("typed before the switch")
+    gui.conversation_has("alice  typed before the switch")
+    gui.type("a draft")
+    gui.wait(lambda s: s["input"] == "a draft", "a draft in the input")
+    # F10 opens the menu bar (Tk's binding); View is the second menu, its seventh entry
+    # (after a separator, which the arrows skip) the dark theme; Right opens View with
+    # its first entry active.
+    gui.key("F10")
+    gui.wait(lambda s: s["focus"] != "input", "the menu bar active")
+    gui.key("Right", *["Down"] * 5, "Return")
+    state = gui.wait(lambda s: s["theme"] == "dark" and s["screen"] == "main", "the dark theme")
+    assert "typed before the switch" in state["conversation"]  # rebuilt from the model
+    assert state["input"] == "a draft"  # nothing typed is lost
+    prefs = json.loads((gui.home / "gui-preferences.json").read_text())
+    assert prefs == {"theme": "dark", "notifications": True}
