@@ -111,9 +111,14 @@ def test_tk_safe_output_is_always_displayable(text: str) -> None:
     shown.encode("utf-8")  # Tk receives UTF-8: must not raise
 
 
-def test_astral_support_is_decided_by_the_tcl_version() -> None:
-    assert not chatview.tk_can_show_astral("8.6.13")
-    assert chatview.tk_can_show_astral("9.0.1")
+def test_astral_support_is_decided_by_the_tcl_version_and_fonts() -> None:
+    # Tk 8.6.10+ joins surrogate pairs when drawing (seen under Xvfb with 8.6.13), but on
+    # X11 only a font with the glyphs draws them; older 8.6 shows two boxes.
+    assert chatview.tk_can_show_astral("8.6.13", "x11", emoji_font=True)
+    assert not chatview.tk_can_show_astral("8.6.13", "x11", emoji_font=False)
+    assert chatview.tk_can_show_astral("8.6.13", "win32", emoji_font=False)
+    assert not chatview.tk_can_show_astral("8.6.9", "aqua")
+    assert chatview.tk_can_show_astral("9.0.1", "x11", emoji_font=False)
     assert not chatview.tk_can_show_astral("garbage")
 
 
@@ -405,8 +410,8 @@ def test_backoff_doubles_up_to_a_limit_and_resets() -> None:
 
 
 def test_backoff_jitter_stays_within_bounds() -> None:
-    low = Backoff(first=10, jitter=0.2, rng=lambda: 0.0)
-    high = Backoff(first=10, jitter=0.2, rng=lambda: 0.999999)
+    low = Backoff(first=10, limit=60, jitter=0.2, rng=lambda: 0.0)
+    high = Backoff(first=10, limit=60, jitter=0.2, rng=lambda: 0.999999)
     assert low.next_delay() == pytest.approx(8.0)
     assert high.next_delay() == pytest.approx(12.0, rel=1e-4)
     capped = Backoff(first=100, limit=60, jitter=0.5, rng=lambda: 0.999999)
@@ -690,3 +695,159 @@ def test_settings_file_is_json(tmp_path: Path) -> None:
     chatview.save_settings(tmp_path, chatview.Settings("alice", "h", 1))
     assert json.loads((tmp_path / chatview.SETTINGS_FILE).read_text()) == \
         {"username": "alice", "host": "h", "port": 1}
+
+
+# -- a day of use -------------------------------------------------------------------------
+
+def test_backoff_is_capped_at_two_seconds_by_default() -> None:
+    backoff = Backoff(jitter=0)
+    assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 2.0, 2.0]
+
+
+def test_join_completes_a_room_without_its_hash() -> None:
+    completer = TabCompleter()
+    assert completer.complete("/join d", [], ["#common", "#design"]) == ("/join #design ", "")
+    assert completer.complete("/join zz", [], ["#common"]) == ("/join zz", "no completions")
+
+
+def test_mentions_and_private_messages_want_attention_and_a_notification() -> None:
+    model = logged_in_model()
+    model.set_focus(False)
+    model.apply(message("alice: lunch?", id=5))
+    model.apply(message("no name here", id=6))
+    model.apply(message("alice in history", id=7, history=True))
+    model.apply(PrivateMessage(8, "bob", "psst", STAMP, False, "ff"))
+    changes = model.take_changes()
+    assert changes.notify == [("bob in #common", "alice: lunch?"),
+                              ("bob (private message)", "psst")]
+    assert model.unread == 2 and changes.bell
+    model.apply(StatusChanged("alice", "dnd", "", STAMP))
+    model.apply(message("alice again", id=9))
+    assert model.take_changes().notify == []  # do not disturb keeps the desktop quiet
+
+
+def test_a_notification_is_short_and_on_one_line() -> None:
+    title, body = chatview.notification_text(message("a\nb  " + "x" * 500))
+    assert title == "bob in #common" and "\n" not in body
+    assert len(body) == chatview.NOTIFICATION_CHARS and body.endswith("…")
+
+
+def test_a_refused_message_comes_back_to_the_input() -> None:
+    model = logged_in_model()
+    model.sent("/msg bob are you there?")
+    model.sent("hello room")
+    model.apply(message("hello room", user="alice", id=9, own=True))  # echoed: it was sent
+    model.apply(ErrorEvent("dnd", "bob does not want to be disturbed", "private"))
+    changes = model.take_changes()
+    assert changes.unsent == [("/msg bob are you there?",
+                               "Not sent: bob does not want to be disturbed")]
+    assert "Not sent: bob does not want to be disturbed" in changes.lines[-1].text
+    model.apply(ErrorEvent("dnd", "again", "private"))  # nothing of ours was waiting
+    assert model.take_changes().unsent == []
+
+
+def test_the_link_says_which_line_it_could_not_send() -> None:
+    model = logged_in_model()
+    model.sent("hello")
+    model.apply(chatview.NotSent("offline", "Not sent: you are not connected right now.",
+                                 line="hello"))
+    assert model.take_changes().unsent == [("hello", "Not sent: you are not connected right now.")]
+    assert len(model.outbox) == 0
+
+
+def test_the_outbox_is_bounded_and_forgets_old_lines() -> None:
+    clock = [0.0]
+    outbox = chatview.Outbox(limit=3, patience=10, clock=lambda: clock[0])
+    for number in range(5):
+        outbox.sent(f"line {number}")
+    assert len(outbox) == 3
+    clock[0] = 11
+    assert outbox.refused(ErrorEvent("x", "y", "message")) is None
+    assert len(outbox) == 0
+
+
+def test_links_are_found_without_trailing_punctuation() -> None:
+    assert chatview.find_links("see https://example.org/a?b=1, and www.python.org.") == [
+        (4, 29, "https://example.org/a?b=1"), (35, 49, "https://www.python.org")]
+    assert chatview.find_links("(https://en.wikipedia.org/wiki/Tk_(toolkit))")[0][2] == \
+        "https://en.wikipedia.org/wiki/Tk_(toolkit)"
+    assert chatview.find_links("javascript:alert(1) file:///etc/passwd") == []
+
+
+def test_full_time_for_the_tooltip() -> None:
+    local = NOW.astimezone()
+    shown = chatview.full_time("2026-11-29T19:40:05.000Z")
+    assert shown.startswith(local.strftime("%A")) and local.strftime("%H:%M:05") in shown
+    assert "2026" in shown and chatview.full_time("junk") == ""
+
+
+@pytest.mark.parametrize("gtk, scheme, apple, theme", [
+    ("'Adwaita'", "'default'", "", "light"),
+    ("'Adwaita'", "'prefer-dark'", "", "dark"),
+    ("'Yaru-dark'", "", "", "dark"),
+    ("", "", "Dark\n", "dark"),
+    ("", "", "", "light"),
+])
+def test_the_theme_follows_the_system(gtk: str, scheme: str, apple: str, theme: str) -> None:
+    assert chatview.system_theme(gtk, scheme, apple) == theme
+
+
+def test_logged_in_elsewhere_is_recognised() -> None:
+    assert chatview.logged_in_elsewhere("logged in elsewhere")
+    assert not chatview.logged_in_elsewhere("server shutting down")
+
+
+def test_right_to_left_text_is_put_in_visual_order() -> None:
+    pytest.importorskip("bidi", reason="python-bidi is not installed (requirements-gui.txt)")
+    assert chatview.bidi_display("plain text") == "plain text"
+    # Hebrew: the letters of "shalom" come out reversed, for Tk to draw left to right.
+    assert chatview.bidi_display("\u05e9\u05dc\u05d5\u05dd") == "\u05dd\u05d5\u05dc\u05e9"
+    shaped = chatview.bidi_display("hi \u0645\u0646 ok")  # Arabic "min": joined forms
+    assert shaped.startswith("hi ") and shaped.endswith(" ok")
+    assert all(0xFE70 <= ord(ch) <= 0xFEFF for ch in shaped[3:-3])
+
+
+def test_member_tooltip_has_the_whole_note() -> None:
+    model = logged_in_model()
+    note = "out for a long lunch, back at three, call me if it is urgent"
+    model.apply(StatusChanged("bob", "away", note, STAMP))
+    assert model.member_tooltip("bob") == f"bob · away\n{note}"
+    assert model.member_rows()[1][2].endswith("…")  # the list itself shows it cut
+
+
+def test_preferences_are_remembered(tmp_path: Path) -> None:
+    assert chatview.load_preferences(tmp_path) == chatview.Preferences("system", True)
+    chatview.save_preferences(tmp_path, chatview.Preferences("dark", False))
+    assert chatview.load_preferences(tmp_path) == chatview.Preferences("dark", False)
+    (tmp_path / chatview.PREFERENCES_FILE).write_text('{"theme": "neon", "notifications": 1}')
+    assert chatview.load_preferences(tmp_path) == chatview.Preferences("system", True)
+
+
+def test_the_probe_reports_when_the_server_answers_again() -> None:
+    posted: queue.Queue[Any] = queue.Queue()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        probe = chatview.ServerProbe(posted.put, interval=0.02)
+        probe.start("127.0.0.1", port)  # nothing listens yet: refused, again and again
+        assert probe.running
+        holder.listen()
+        event = posted.get(timeout=5)
+    assert event == chatview.ServerReachable(f"127.0.0.1:{port}")
+    probe.stop()
+    assert not probe.running
+
+
+def test_notifications_never_carry_markup_or_options() -> None:
+    import notify
+
+    command = notify.notify_command("<b>bob</b>", "-x & <i>hi</i>", platform="linux",
+                                    which=lambda name: f"/usr/bin/{name}")
+    assert command is not None and command[0] == "/usr/bin/notify-send"
+    assert command[-3:] == ["--", "&lt;b&gt;bob&lt;/b&gt;", "-x &amp; &lt;i&gt;hi&lt;/i&gt;"]
+    mac = notify.notify_command("t", 'say "hi"', platform="darwin", which=lambda n: n)
+    assert mac is not None and mac[-2:] == ["t", 'say "hi"']  # arguments, not script
+    assert notify.notify_command("t", "b", platform="win32") is None
+    assert notify.notify_command("t", "b", platform="linux", which=lambda n: None) is None
+    off = notify.Notifier(enabled=False)
+    assert not off.notify("t", "b") and off.sent == []

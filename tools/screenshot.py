@@ -1,6 +1,6 @@
 """Make Assets/screenshot.png: the real GUI in a real conversation on a virtual display.
 
-    python tools/screenshot.py [--out Assets/screenshot.png] [--keep DIR]
+    python tools/screenshot.py [--theme light|dark] [--out Assets/screenshot.png] [--keep DIR]
 
 It starts Xvfb (on a display number Xvfb picks), `server.py` on a free port, two
 terminal-less ChatClients (bob and carol) and `clientgui.py` as alice; logs alice in with
@@ -8,7 +8,8 @@ a key press, lets the three talk (alice by typed keys, sent with xdotool), then 
 the window with ImageMagick's `import`, or with `xwd` converted here if `import` is
 missing. Everything runs in a temporary directory; keys are made fresh (a few seconds).
 
-Debian packages: xvfb, xdotool, and imagemagick (or x11-apps for xwd).
+Debian packages: xvfb, xdotool, openbox (optional: window decorations and focus as on a
+desktop), fonts-noto-color-emoji, and imagemagick (or x11-apps for xwd).
 """
 from __future__ import annotations
 
@@ -80,13 +81,14 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[str], str, int]:
 class Window:
     """The GUI process, read through its probe, driven with xdotool."""
 
-    def __init__(self, display: str, home: Path, probe: Path, host: str, port: int) -> None:
+    def __init__(self, display: str, home: Path, probe: Path, host: str, port: int,
+                 *extra: str) -> None:
         self.env = {**os.environ, "DISPLAY": display, "GAPSHAPE_HOME": str(home),
                     "GAPSHAPE_GUI_PROBE": str(probe)}
         self.probe = probe
         self.process = subprocess.Popen([sys.executable, str(ROOT / "clientgui.py"),
                                          "--username", "alice", "--host", host,
-                                         "--port", str(port)], env=self.env, cwd=ROOT)
+                                         "--port", str(port), *extra], env=self.env, cwd=ROOT)
 
     def state(self) -> dict[str, Any]:
         try:
@@ -104,16 +106,9 @@ class Window:
         return wait_for(ready, what)
 
     def settled(self) -> dict[str, Any]:
-        """The state once the input box has stayed put for a few probe ticks (the window
-        grows from the login size to the main size after logging in)."""
-        state = self.wait(lambda s: s["boxes"]["input"], "the input box")
-        box, since = state["boxes"]["input"], time.monotonic()
-        while time.monotonic() - since < 0.4:
-            state = self.wait(lambda s: s["boxes"]["input"], "the input box")
-            if state["boxes"]["input"] != box:
-                box, since = state["boxes"]["input"], time.monotonic()
-            time.sleep(0.05)
-        return state
+        """The state once the window has the size it asked for (it grows from the login
+        size to the main size after logging in) and the input box is on screen."""
+        return self.wait(lambda s: s["boxes"]["input"] and s["settled"], "the laid-out window")
 
     def xdo(self, *args: str) -> str:
         return subprocess.run(["xdotool", *args], env=self.env, check=True, text=True,
@@ -124,7 +119,10 @@ class Window:
         self.xdo("mousemove", str(x + width // 2), str(y + height // 2), "click", "1")
 
     def type(self, text: str, enter: bool = True) -> None:
-        self.xdo("type", "--delay", "12", text)
+        for char in text:
+            # A character missing from the keymap is typed by remapping a key first; a
+            # slower pace lets Tk see the new mapping before the key arrives.
+            self.xdo("type", "--delay", "12" if char.isascii() else "120", char)
         if enter:
             self.xdo("key", "Return")
 
@@ -171,6 +169,20 @@ def capture(window_id: str, out: Path, env: dict[str, str]) -> str:
     raise SystemExit("need ImageMagick's import or xwd: apt-get install imagemagick (or x11-apps)")
 
 
+def start_window_manager(display: str) -> subprocess.Popen[bytes] | None:
+    """openbox, if installed, so the window has a frame and real focus; ready once it set
+    _NET_SUPPORTING_WM_CHECK on the root window."""
+    if shutil.which("openbox") is None or shutil.which("xprop") is None:
+        return None
+    env = {**os.environ, "DISPLAY": display}
+    manager = subprocess.Popen(["openbox", "--sm-disable"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: "window id" in subprocess.run(
+        ["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], env=env, capture_output=True,
+        text=True).stdout, "the window manager")
+    return manager
+
+
 def peer(name: str, host: str, port: int, workdir: Path) -> ChatClient:
     client = ChatClient(name, host, port, data_dir=workdir / name)
     client.connect()
@@ -192,12 +204,13 @@ def say(client: ChatClient, text: str) -> None:
     wait_event(client, lambda e: isinstance(e, RoomMessage) and e.text == text)
 
 
-def make_screenshot(out: Path, workdir: Path, dpi: int = 96) -> None:
+def make_screenshot(out: Path, workdir: Path, dpi: int = 96, theme: str = "light") -> None:
     for tool in ("Xvfb", "xdotool"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install xvfb xdotool")
     scale = max(1.0, dpi / 96)
     xvfb, display = start_xvfb(f"{round(1280 * scale)}x{round(800 * scale)}x24", dpi)
+    manager = start_window_manager(display)
     server = None
     window = None
     try:
@@ -216,23 +229,23 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96) -> None:
         say(bob, "Morning! Did the nightly build go through?")
         say(carol, "It did. The installer is 4 MB smaller now.")
 
-        window = Window(display, home, workdir / "probe.json", host, port)
+        window = Window(display, home, workdir / "probe.json", host, port, "--theme", theme)
         window.wait(lambda s: s["screen"] == "login" and s["login"]["boxes"]["username"],
                     "the login window")
         login = window.xdo("search", "--onlyvisible", "--name", "Log in").split()[-1]
         window.xdo("windowfocus", "--sync", login)
         window.xdo("key", "Return")
-        state = window.wait(lambda s: s["screen"] == "main" and len(s["members"]) == 3
+        window.wait(lambda s: s["screen"] == "main" and len(s["members"]) == 3
                             and s["boxes"]["input"], "the main window")
         state = window.settled()
 
-        bob.say("Hi alice! Could you check the Windows installer today?")
+        bob.say("Hi alice! Could you check the Windows installer today? 🙏")
         window.wait(lambda s: "Windows installer" in s["conversation"], "bob's message")
         window.click(state["boxes"]["input"])
-        window.type("Sure — I'll run it after lunch ☕")
+        window.type("Sure, I'll run it after lunch ☕")
         wait_event(bob, lambda e: isinstance(e, RoomMessage) and e.user == "alice")
-        carol.say("Thanks both. Release notes draft is in the wiki, comments very welcome "
-                  "before Thursday so we can ship on time.")
+        carol.say("Thanks both 🎉 Release notes draft: https://wiki.example.org/release-2.4 "
+                  "comments welcome before Thursday so we can ship on time.")
         carol.set_status("away", "lunch")
         bob.send_private("alice", "Can you send me the signing key fingerprint?")
         window.wait(lambda s: "bob → you" in s["conversation"], "bob's private message")
@@ -258,6 +271,9 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96) -> None:
         if server is not None:
             server.terminate()
             server.wait(10)
+        if manager is not None:
+            manager.terminate()
+            manager.wait(10)
         xvfb.terminate()
         xvfb.wait(10)
 
@@ -269,13 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dpi", type=int, default=96,
                         help="the virtual screen's resolution, to check other DPI settings "
                              "(default %(default)s)")
+    parser.add_argument("--theme", choices=("light", "dark"), default="light")
     args = parser.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        make_screenshot(args.out.resolve(), args.keep.resolve(), args.dpi)
+        make_screenshot(args.out.resolve(), args.keep.resolve(), args.dpi, args.theme)
     else:
         with tempfile.TemporaryDirectory(prefix="gapshape-shot-") as workdir:
-            make_screenshot(args.out.resolve(), Path(workdir), args.dpi)
+            make_screenshot(args.out.resolve(), Path(workdir), args.dpi, args.theme)
     return 0
 
 
