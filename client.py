@@ -682,13 +682,15 @@ class ChatClient:
             self.verify(args[0], args[1] if len(args) > 1 else None)
         return True
 
-    def say(self, text: str) -> str:
-        """Send a room message; returns its ref ("" if refused: a NotSent says why)."""
+    def say(self, text: str, room: str | None = None) -> str:
+        """Send a room message to `room`, or to the current room: the one joined last, as
+        the server sees it when the message arrives, so a line typed right after /join
+        goes to the new room. Returns its ref ("" if refused: a NotSent says why)."""
         ref = _new_ref()
         frame = {"type": "message", "text": text, "ref": ref}
-        if self.room:  # the room it was typed in, even if another is joined meanwhile
-            frame["room"] = self.room
-        out = _Outgoing(frame, ref, self.room, text)
+        if room:
+            frame["room"] = room
+        out = _Outgoing(frame, ref, room or self.room, text)
         if len(text) > self.limits.max_text:
             self._refuse(out, "too_long", f"the message is {len(text)} characters; the "
                          f"maximum is {self.limits.max_text}")

@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 import tkinter as tk
-import webbrowser
 import tkinter.font as tkfont
+import webbrowser
 from pathlib import Path
 from tkinter import ttk
 from typing import Any, Callable

@@ -208,7 +208,7 @@ class Gui:
                 before = self.state().get("input", "")
                 self.xdo("type", "--delay", "80", char)
                 if self.state().get("screen") == "main":
-                    self.wait(lambda s, want=before + char: s["input"].startswith(want)
+                    self.wait(lambda s, want=before + char, char=char: s["input"].startswith(want)
                               or s["input"].endswith(char), f"{char!r} typed")
 
     def key(self, *keys: str) -> None:
@@ -779,7 +779,7 @@ def test_dark_theme_emoji_links_menus_and_tooltips(launch: Callable[..., Gui], c
         assert "party 🎉 at" in state["conversation"]
         glyph = pixels(gui, state["emoji_box"])
         background = max(set(corner), key=corner.count)
-        inked = [c for c in glyph if max(abs(a - b) for a, b in zip(c, background)) > 60]
+        inked = [c for c in glyph if max(abs(a - b) for a, b in zip(c, background, strict=True)) > 60]
         assert len(inked) > len(glyph) // 16, "the emoji's box is (nearly) empty"
     # Hebrew is handed to Tk, which draws every run left to right, in visual order
     # (with python-bidi from requirements-gui.txt; without it, as it came).
