@@ -61,6 +61,7 @@ from client import (
     UserList,
     Welcome,
 )
+from client import NotSent as LibraryNotSent
 from commands import CommandError
 from errors import GapshapeError
 from rooms import COMMON_ROOM, STATUS_ALIASES, normalize_room, validate_name
@@ -792,6 +793,11 @@ class Outbox:
         if kind is None:
             return None
         self._expire()
+        text = getattr(event, "text", "")  # the library's NotSent names the text it refused
+        if text:
+            found = self._remove(lambda p: p.kind == kind and p.text == text)
+            if found is not None:
+                return found
         return self._remove(lambda p: p.kind == kind)
 
     def _remove(self, match: Callable[[Pending], bool]) -> Pending | None:
@@ -1150,6 +1156,7 @@ class ChatModel:
         Notice: _on_notice,
         ErrorEvent: _on_error,
         NotSent: _on_error,
+        LibraryNotSent: _on_error,
     }
 
     # -- building lines -------------------------------------------------------------------
@@ -1426,6 +1433,8 @@ class ClientLink:
             action(client)
         except CommandError as exc:
             self._post(NotSent("command", str(exc), line=line))
+        except ConnectionError:
+            pass  # the library went offline and has emitted its own NotSent for the line
         except OSError as exc:
             if not quiet:
                 self._post(NotSent("offline", f"Not sent: the connection failed "

@@ -59,7 +59,7 @@ FATAL_CODES = {cls.code for cls in vars(errors).values()
                if isinstance(cls, type) and issubclass(cls, errors.GapshapeError) and cls.fatal}
 SERVER_FRAMES = {"challenge", "welcome", "joined", "left", "message", "user_joined", "user_left",
                  "status", "members", "rooms", "users", "key", "private", "private_sent",
-                 "private_queued", "private_delivered", "private_expired", "error", "ping",
+                 "private_queued", "private_delivered", "private_expired", "history", "error", "ping",
                  "pong", "bye"}
 
 FIXED_SEED = 0x6A95_0005

@@ -435,7 +435,6 @@ def test_a_conversation_by_keyboard_and_mouse(launch: Callable[..., Gui], chat_s
     state = gui.wait(lambda s: s["room"] == "#design" and s["title"].startswith("alice in #design"),
                      "the new room")
     assert [m["name"] for m in state["members"]] == ["alice"]
-    bob.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "alice", after=mark)
     state = gui.wait(lambda s: any(r["name"] == "#common" and r["box"] for r in s["rooms"]),
                      "#common in the sidebar")
     common = next(r for r in state["rooms"] if r["name"] == "#common")
@@ -443,7 +442,9 @@ def test_a_conversation_by_keyboard_and_mouse(launch: Callable[..., Gui], chat_s
     gui.click(common["box"])
     state = gui.wait(lambda s: s["room"] == "#common" and len(s["members"]) == 2,
                      "back in #common")
-    bob.recorder.wait_for(lambda e: isinstance(e, UserJoined) and e.user == "alice", after=mark)
+    # Joining #design did not take alice out of #common: she is in both rooms at once.
+    assert not [e for e in bob.recorder.events[mark:] if isinstance(e, (UserLeft, UserJoined))
+                and e.user == "alice"]
     assert "hello from the window" in state["conversation"]  # the room's transcript is kept
     assert next(r for r in state["rooms"] if r["name"] == "#common")["count"] == "2"
 
@@ -834,9 +835,9 @@ def test_twice_the_size_at_200_percent(launch: Callable[..., Gui], chat_server: 
 def test_the_people_list_keeps_its_place_when_people_come_and_go(
         launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
     host, port = chat_server.address
-    # Ten more people, on the keys the pool already has (a key may hold several names).
+    # Ten more people, on keys the pool has (a key may hold up to three names).
     for number in range(10):
-        client_factory(chat_server, f"user{number:02d}", key=(0, 2, 3)[number % 3])
+        client_factory(chat_server, f"user{number:02d}", key=(2, 3, 4, 5)[number % 4])
     gui = launch("--username", "alice", "--host", host, "--port", str(port))
     state = log_in(gui)
     gui.xdo("windowsize", "--sync", gui.find_window("alice in"), "760", "400")
