@@ -1,8 +1,9 @@
-"""The Gapshape client library and terminal client. No Tk here.
+"""The Gapshape client library: `ChatClient`. No Tk and no terminal here.
 
 `ChatClient` connects, proves its identity key at login, then runs one reader thread that
-turns frames into typed events (the dataclasses below) and puts them on `client.events`, a
-queue the caller drains (the terminal prints them; clientgui.py polls it with `after()`).
+turns frames into typed events (the dataclasses in events.py, re-exported here) and puts
+them on `client.events`, a queue the caller drains (terminal.py prints them; clientgui.py
+polls it with `after()`).
 Methods that send (`say`, `join`, `send_private`, ... and `execute` for a typed line) may
 be called from any thread and never lose a message silently: frames are paced to the
 server's `welcome.limits` (pacing.py) by a sender thread with a bounded queue, every
@@ -15,30 +16,25 @@ stops all traffic with that user until `/trust <user>`, which accepts exactly th
 key that was shown (docs/SECURITY.md, "When a contact's key changes"). `/verify <user>`
 records that the user compared the fingerprint out of band; events say `verified`.
 
-Everything printed goes through `sanitize.inert`: text from the network cannot forge
-lines or drive the terminal.
+The terminal client lives in terminal.py; `main` here runs it (the `gapshape` command):
 
     python client.py --username alice [--host 127.0.0.1] [--port 5050] [--json]
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import collections
 import hashlib
-import io
 import logging
-import os
 import queue
 import secrets
 import socket
 import ssl
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import auth
 import crypto
@@ -47,204 +43,46 @@ import pacing
 import sanitize
 from commands import Command, CommandError, Say, manual_text, parse_line
 from errors import ProtocolError
+from events import (
+    Disconnected,
+    ErrorEvent,
+    Event,
+    HistoryPage,
+    KeyWarning,
+    MemberInfo,
+    MemberList,
+    Notice,
+    NotSent,
+    PrivateMessage,
+    PrivateRejected,
+    RoomJoined,
+    RoomLeft,
+    RoomList,
+    RoomMessage,
+    StatusChanged,
+    UserJoined,
+    UserLeft,
+    UserList,
+    Welcome,
+)
 from protocol import MAX_SERVER_FRAME_SIZE, PROTOCOL_VERSION, Frame, FrameDecoder, encode_frame
 
 log = logging.getLogger("gapshape.client")
 
 CLIENT_NAME = "gapshape-client/1"
 
-
-# -- events -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Event:
-    """Base of everything the reader thread reports."""
-
-    @property
-    def kind(self) -> str:
-        return type(self).__name__
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    user: str
-    status: str
-    note: str = ""
-    room: str = ""
+#: The library; the events (events.py) are re-exported, so `from client import RoomMessage`
+#: keeps working.
+__all__ = [
+    "CLIENT_NAME", "MAX_LISTED_ITEMS", "MAX_UNCONFIRMED", "REPLACED_REASON", "ChatClient",
+    "LoginError", "TlsSettings", "largest_private_text", "main", "Event", "MemberInfo",
+    "Welcome", "RoomMessage", "RoomJoined", "RoomLeft", "HistoryPage", "UserJoined",
+    "UserLeft", "StatusChanged", "MemberList", "RoomList", "UserList", "PrivateMessage",
+    "PrivateRejected", "KeyWarning", "Notice", "ErrorEvent", "NotSent", "Disconnected",
+]
 
 
-@dataclass(frozen=True)
-class Welcome(Event):
-    user: str
-    room: str
-    server_id: str
-    time: str
-
-
-@dataclass(frozen=True)
-class RoomMessage(Event):
-    id: int
-    room: str
-    user: str
-    text: str
-    time: str
-    history: bool = False
-    own: bool = False
-    ref: str = ""  # our own echo: the ref `say` returned
-
-
-@dataclass(frozen=True)
-class RoomJoined(Event):
-    room: str
-    members: tuple[MemberInfo, ...]
-    history: tuple[RoomMessage, ...]
-    time: str
-    member_count: int = 0  # everyone in the room; `members` may be the first page only
-    complete: bool = True  # False: ask `fetch_all("list")` for the rest
-
-
-@dataclass(frozen=True)
-class RoomLeft(Event):
-    """We left `room` for good; `room_now` is the current room now ("" if none)."""
-
-    room: str
-    room_now: str
-    time: str
-
-
-@dataclass(frozen=True)
-class HistoryPage(Event):
-    """Older messages of a room (scrollback), oldest first; `more`: older ones exist."""
-
-    room: str
-    messages: tuple[RoomMessage, ...]
-    more: bool
-
-
-@dataclass(frozen=True)
-class UserJoined(Event):
-    room: str
-    user: str
-    status: str
-    note: str
-    time: str
-
-
-@dataclass(frozen=True)
-class UserLeft(Event):
-    room: str
-    user: str
-    reason: str
-    time: str
-
-
-@dataclass(frozen=True)
-class StatusChanged(Event):
-    user: str
-    status: str
-    note: str
-    time: str
-
-
-@dataclass(frozen=True)
-class MemberList(Event):
-    room: str
-    members: tuple[MemberInfo, ...]
-    member_count: int = 0
-    complete: bool = True  # False: one page (or a cut-short list) of a longer one
-
-
-@dataclass(frozen=True)
-class RoomList(Event):
-    rooms: tuple[tuple[str, int], ...]
-    room_count: int = 0
-    complete: bool = True
-
-
-@dataclass(frozen=True)
-class UserList(Event):
-    users: tuple[MemberInfo, ...]
-    user_count: int = 0
-    complete: bool = True
-
-
-@dataclass(frozen=True)
-class PrivateMessage(Event):
-    """A decrypted private message, incoming or (outgoing=True) one we sent."""
-
-    id: int
-    peer: str
-    text: str
-    time: str
-    outgoing: bool
-    fingerprint: str  # the peer's pinned key, readable form (auth.readable_fingerprint)
-    verified: bool = False  # the user compared that fingerprint out of band (/verify)
-    ref: str = ""  # outgoing: the ref `send_private` returned
-
-
-@dataclass(frozen=True)
-class PrivateRejected(Event):
-    """An incoming envelope that failed verification; its content is never shown."""
-
-    peer: str
-    reason: str
-    time: str
-
-
-@dataclass(frozen=True)
-class KeyWarning(Event):
-    """The server offered a key for `user` that differs from the pinned one.
-
-    Both fingerprints are in the readable form /fingerprint shows. `/trust user` accepts
-    exactly the offered key shown here; `verified` says whether the pinned key (the one
-    being replaced) had been verified by the user, which makes the change more alarming.
-    """
-
-    user: str
-    pinned_fingerprint: str
-    offered_fingerprint: str
-    verified: bool = False
-
-
-@dataclass(frozen=True)
-class Notice(Event):
-    """Local information for the user (manual, fingerprints, confirmations).
-
-    For topics "fingerprint", "trust" and "verify", `user` names the contact and
-    `verified` says whether their pinned key is verified.
-    """
-
-    text: str
-    topic: str = ""
-    user: str = ""
-    verified: bool = False
-
-
-@dataclass(frozen=True)
-class ErrorEvent(Event):
-    code: str
-    message: str
-    request: str = ""
-
-
-@dataclass(frozen=True)
-class NotSent(ErrorEvent):
-    """A message the user wrote was not sent (or not confirmed): the server refused the
-    frame with this `ref`, or the client refused it locally (too long, key changed, send
-    queue full, offline). `target` is "#room" or the peer; `text` is kept for resending.
-    It is an ErrorEvent, so code/message/request read as for any error."""
-
-    ref: str = ""
-    target: str = ""
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class Disconnected(Event):
-    reason: str
-    clean: bool
-    replaced: bool = False  # "logged in elsewhere": another login took over; do not reconnect
-
+# -- login, TLS, refs ---------------------------------------------------------------------
 
 class LoginError(Exception):
     """Login failed: `code` is the server's error code (or a local one), message is for the user."""
@@ -1301,113 +1139,6 @@ _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
 }
 
 
-# -- terminal rendering -------------------------------------------------------------------
-
-def local_time(stamp: str) -> str:
-    """'2026-11-29T19:40:00.123Z' -> '20:40:00' in this machine's time zone."""
-    try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        moment = datetime.now().astimezone()
-    return moment.astimezone().strftime("%H:%M:%S")
-
-
-_s = sanitize.inert  # every string from the network goes through this before printing
-
-
-def _private_mark(verified: bool) -> str:
-    return "[private, encrypted, verified]" if verified else "[private, encrypted, not verified]"
-
-
-def _member(m: MemberInfo, with_room: bool = False) -> str:
-    note = f": {_s(m.note)}" if m.note else ""
-    where = f" in {_s(m.room)}" if with_room else ""
-    return f"{_s(m.user)}{where} ({_s(m.status)}{note})"
-
-
-def _more(complete: bool, count: int, shown: int) -> str:
-    return "" if complete else f" ... ({count - shown} more not shown)" if count > shown else " ..."
-
-
-def describe(event: Event) -> str:
-    """One line of text for an event (what the terminal client prints after the time).
-
-    Every field that came from the network is rendered inert (sanitize.inert): control
-    characters, escape sequences, bidi controls and newlines are shown escaped, so no
-    event can print more than this one line or restyle the terminal."""
-    if isinstance(event, RoomMessage):
-        mark = " (history)" if event.history else ""
-        return f"{_s(event.room)} <{_s(event.user)}> {_s(event.text)}{mark}"
-    if isinstance(event, RoomJoined):
-        names = ", ".join(f"{_s(m.user)} ({_s(m.status)})" for m in event.members)
-        more = _more(event.complete, event.member_count, len(event.members))
-        return f"you are in {_s(event.room)} with {names}{more}"
-    if isinstance(event, RoomLeft):
-        now = f"; now in {_s(event.room_now)}" if event.room_now else "; you are in no room now"
-        return f"you left {_s(event.room)}{now}"
-    if isinstance(event, HistoryPage):
-        more = "; /history for older ones" if event.more else "; that is the beginning"
-        return f"{len(event.messages)} earlier messages of {_s(event.room)}{more}"
-    if isinstance(event, UserJoined):
-        return f"* {_s(event.user)} joined {_s(event.room)}"
-    if isinstance(event, UserLeft):
-        return f"* {_s(event.user)} left {_s(event.room)} ({_s(event.reason)})"
-    if isinstance(event, StatusChanged):
-        note = f": {_s(event.note)}" if event.note else ""
-        return f"* {_s(event.user)} is now {_s(event.status)}{note}"
-    if isinstance(event, MemberList):
-        return (f"in {_s(event.room)}: " + ", ".join(_member(m) for m in event.members)
-                + _more(event.complete, event.member_count, len(event.members)))
-    if isinstance(event, RoomList):
-        return ("rooms: " + ", ".join(f"{_s(name)} ({count})" for name, count in event.rooms)
-                + _more(event.complete, event.room_count, len(event.rooms)))
-    if isinstance(event, UserList):
-        return ("online: " + ", ".join(_member(m, with_room=True) for m in event.users)
-                + _more(event.complete, event.user_count, len(event.users)))
-    return _describe_private_or_local(event)
-
-
-def _describe_private_or_local(event: Event) -> str:
-    if isinstance(event, PrivateMessage):
-        if event.outgoing:
-            return f"{_private_mark(event.verified)} you -> {_s(event.peer)}: {_s(event.text)}"
-        return f"{_private_mark(event.verified)} {_s(event.peer)} -> you: {_s(event.text)}"
-    if isinstance(event, PrivateRejected):
-        return f"!! rejected a private message from {_s(event.peer)}: {_s(event.reason)}"
-    if isinstance(event, KeyWarning):
-        user = _s(event.user)
-        was = "a key you had verified" if event.verified else "a key you never verified"
-        return (f"!!! WARNING: the key of {user} has CHANGED (the pinned one was {was}). "
-                f"Pinned: {_s(event.pinned_fingerprint)}. Offered: "
-                f"{_s(event.offered_fingerprint)}. Messages to and from {user} are refused "
-                f"until you compare the offered fingerprint with {user} in person or by "
-                f"phone and type /trust {user}")
-    if isinstance(event, Notice):  # local text, several lines for the manual
-        return "\n".join(_s(line) for line in event.text.split("\n"))
-    if isinstance(event, NotSent):
-        where = f"{_s(event.target)} (private)" if event.request == "private" else _s(event.target)
-        return f"not sent to {where or 'the server'}: {_s(event.text)} ({_s(event.message)})"
-    if isinstance(event, ErrorEvent):
-        return f"error: {_s(event.message)}"
-    if isinstance(event, Disconnected):
-        if event.replaced:
-            return (f"disconnected: {_s(event.reason)}. You logged in from another place; "
-                    "this client will not reconnect")
-        return f"disconnected: {_s(event.reason)}"
-    if isinstance(event, Welcome):
-        return f"logged in as {_s(event.user)}"
-    return _s(repr(event))
-
-
-def describe_lines(event: Event) -> list[str]:
-    """The lines the terminal prints for an event: joining a room also shows its history."""
-    lines = [describe(event)]
-    if isinstance(event, (RoomJoined, HistoryPage)):
-        messages = event.history if isinstance(event, RoomJoined) else event.messages
-        lines += [describe(message) for message in messages]
-    return lines
-
-
 def _history_count(text: str) -> int:
     try:
         count = int(text)
@@ -1418,97 +1149,27 @@ def _history_count(text: str) -> int:
     return count
 
 
-def event_time(event: Event) -> str:
-    stamp = getattr(event, "time", "")
-    return local_time(stamp) if stamp else datetime.now().strftime("%H:%M:%S")
-
-
-def event_json(event: Event) -> str:
-    """One JSON object per event, on one line, inert on a terminal (sanitize.json_line)."""
-    return sanitize.json_line({"event": event.kind, **asdict(event)})
-
-
-# -- terminal client ----------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Gapshape terminal client.")
-    p.add_argument("--version", action="version", version="%(prog)s " + __import__("gapshape_version").__version__)
-    p.add_argument("--username", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5050)
-    p.add_argument("--json", action="store_true", help="print events as JSON lines")
-    p.add_argument("--data-dir", type=Path,
-                   help="where keys and pins live (default: $GAPSHAPE_HOME or the platform's data folder)")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (pin the certificate on first use)")
-    p.add_argument("--cafile", help="with --tls: verify the server against this CA file instead")
-    return p
-
-
-def make_streams_safe() -> None:
-    """Never crash on a character the console cannot show (Windows code pages, LC_ALL=C,
-    output redirected to an ASCII file): write it as a backslash escape instead; read
-    undecodable input as U+FFFD."""
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
-    if isinstance(sys.stdin, io.TextIOWrapper):
-        sys.stdin.reconfigure(errors="replace")
-
-
-def _type_lines(client: ChatClient) -> None:
-    """Input thread: run each stdin line; end of input quits like /quit (after every line
-    still queued has been sent)."""
-    try:
-        for line in sys.stdin:
-            try:
-                if not client.execute(line):
-                    return
-            except CommandError as exc:
-                client.events.put(ErrorEvent("command", str(exc)))
-        client.quit()
-    except OSError:  # the connection is gone; the event loop reports it
-        pass
-
+# -- the terminal client (terminal.py) ----------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    make_streams_safe()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    """The terminal client (`python client.py`, the `gapshape` command): see terminal.py.
 
-    def show(event: Event) -> None:
-        if args.json:
-            print(event_json(event), flush=True)
-            return
-        stamp = event_time(event)
-        for line in describe_lines(event):
-            print(f"[{stamp}] {line}", flush=True)
+    Imported here, not at the top: terminal.py imports this module."""
+    import terminal
+    return terminal.main(argv)
 
-    tls = TlsSettings(cafile=args.cafile) if (args.tls or args.cafile) else None
-    try:
-        client = ChatClient(args.username, args.host, args.port, data_dir=args.data_dir,
-                            passphrase=os.environ.get("GAPSHAPE_PASSPHRASE"), tls=tls)
-        show(client.connect())
-    except (LoginError, identity.IdentityError) as exc:  # the message may come from the server
-        print(f"cannot log in: {sanitize.inert(str(exc))}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    threading.Thread(target=_type_lines, args=(client,), name="stdin", daemon=True).start()
-    try:
-        while True:
-            try:
-                # A timeout, so that Ctrl-C is noticed on Windows too, where a blocking
-                # queue get cannot be interrupted.
-                event = client.events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            show(event)
-            if isinstance(event, Disconnected):
-                return 0
-    except KeyboardInterrupt:
-        client.close()
-        return 0
+
+#: What terminal.py took from this module; still found here for code that imports them
+#: from `client`, on first use (an import at the top would be a cycle).
+_MOVED_TO_TERMINAL = frozenset({"describe", "describe_lines", "event_json", "event_time",
+                                "local_time", "make_streams_safe", "build_parser"})
+
+if not TYPE_CHECKING:  # hidden from mypy: a module __getattr__ would let any name pass
+    def __getattr__(name: str) -> Any:
+        if name in _MOVED_TO_TERMINAL:
+            import terminal
+            return getattr(terminal, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
