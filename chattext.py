@@ -142,16 +142,21 @@ def join_surrogates(text: str) -> str:
 
 # -- times and colours --------------------------------------------------------------------
 
-def format_time(stamp: str, now: datetime | None = None) -> str:
-    """A server time ('2026-11-29T19:40:00.123Z') in local time: '20:40', or with the
-    date ('28 Nov 20:40') when it is not today. Unreadable stamps give ''."""
+def server_time(stamp: str) -> datetime | None:
+    """A server time ('2026-11-29T19:40:00.123Z') as a local datetime; None if unreadable."""
     try:
         moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except (ValueError, AttributeError):
+        return None
+    return moment.astimezone() if moment.tzinfo is not None else None
+
+
+def format_time(stamp: str, now: datetime | None = None) -> str:
+    """A server time ('2026-11-29T19:40:00.123Z') in local time: '20:40', or with the
+    date ('28 Nov 20:40') when it is not today. Unreadable stamps give ''."""
+    local = server_time(stamp)
+    if local is None:
         return ""
-    if moment.tzinfo is None:
-        return ""
-    local = moment.astimezone()
     today = (now or datetime.now().astimezone()).astimezone().date()
     if local.date() == today:
         return local.strftime("%H:%M")

@@ -71,6 +71,7 @@ from chattext import (
     format_time,
     has_rtl,
     join_surrogates,
+    server_time,
     tk_can_show_astral,
     tk_safe,
 )
@@ -108,7 +109,7 @@ __all__ = [
     "Settings", "Span", "THEMES", "TRANSCRIPT_LIMIT", "TabCompleter", "batch", "bidi_display",
     "check_login", "check_room_name", "colour_tag", "find_links", "format_time", "full_time",
     "group_hex", "has_rtl", "interpret_input", "join_surrogates", "load_preferences",
-    "load_settings", "logged_in_elsewhere", "login_error_text", "notification_text",
+    "load_settings", "login_error_text", "notification_text",
     "save_preferences", "save_settings", "should_autoscroll", "status_word", "system_theme",
     "tk_can_show_astral", "tk_safe", "wants_attention", "warning_text", "window_title",
 ]
@@ -189,21 +190,11 @@ def should_autoscroll(view_bottom: float) -> bool:
     return view_bottom >= 0.999
 
 
-def logged_in_elsewhere(reason: str) -> bool:
-    """The server closed this connection because the same user logged in on another
-    device: reconnecting by itself would take the name back and ping-pong between them."""
-    return "logged in elsewhere" in reason.casefold()
-
-
 def full_time(stamp: str) -> str:
     """'Sunday 29 November 2026, 20:40:05' in local time, for the tooltip over a time."""
-    try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
+    local = server_time(stamp)
+    if local is None:
         return ""
-    if moment.tzinfo is None:
-        return ""
-    local = moment.astimezone()
     return f"{local.strftime('%A')} {local.day} {local.strftime('%B %Y, %H:%M:%S')}"
 
 

@@ -277,7 +277,7 @@ class App:
             return
         if self.main is None:
             return
-        if chatview.logged_in_elsewhere(event.reason):
+        if event.replaced:  # the same user logged in on another device
             # Coming back by ourselves would throw the other device out, which would do
             # the same to us: say so, and leave it to the person.
             self.stay_offline = True

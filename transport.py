@@ -156,7 +156,10 @@ class Connection:
             self._chunks.append(data)
             self._queued += len(data)
             over_limit = self._queued > self.config.outbox_limit
-            if over_limit or not self._recount():
+            # The budget is only touched by outboxes that are behind (the fan-out's hot
+            # path skips the call for every client that keeps up).
+            behind = self._queued > BACKLOG_FREE or self._charged
+            if over_limit or (behind and not self._recount()):
                 # Drop it all now: a client that does not read gets nothing more.
                 self._closed = True
                 self._drop_queue()

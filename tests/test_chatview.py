@@ -792,9 +792,11 @@ def test_the_theme_follows_the_system(gtk: str, scheme: str, apple: str, theme: 
     assert chatview.system_theme(gtk, scheme, apple) == theme
 
 
-def test_logged_in_elsewhere_is_recognised() -> None:
-    assert chatview.logged_in_elsewhere("logged in elsewhere")
-    assert not chatview.logged_in_elsewhere("server shutting down")
+def test_a_takeover_is_reported_as_one_by_the_library() -> None:
+    """The window stays offline on `Disconnected.replaced` (tests/test_pacing.py shows the
+    library sets it for the server's "logged in elsewhere")."""
+    assert Disconnected("logged in elsewhere", True, replaced=True).replaced
+    assert not Disconnected("server shutting down", True).replaced
 
 
 def test_right_to_left_text_is_put_in_visual_order() -> None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from client import (
+    Disconnected,
     PrivateMessage,
     RoomJoined,
     RoomMessage,
@@ -878,3 +879,22 @@ def test_the_theme_is_switched_from_the_menu_and_remembered(
     assert state["input"] == "a draft"  # nothing typed is lost
     prefs = json.loads((gui.home / "gui-preferences.json").read_text())
     assert prefs == {"theme": "dark", "notifications": True}
+
+
+def test_logged_in_elsewhere_stays_offline_and_says_why(
+        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+    """Another device logging in as alice takes her session over: the window says so and
+    does not take the name back by itself (the two would throw each other out forever)."""
+    host, port = chat_server.address
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    phone = client_factory(chat_server, "alice", key=1, home="alice-phone")
+    state = gui.wait(lambda s: "from another device" in s["conversation"]
+                     and "connected —" not in s["title"], "the takeover explained")
+    assert "will not reconnect by itself" in state["conversation"]
+    # The phone keeps the name: its messages go through, and it was never thrown out.
+    phone.say("the phone has it")
+    phone.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.text == "the phone has it")
+    phone_address = "%s:%d" % phone._sock.getsockname()[:2]
+    assert chat_server.state.member("alice").address == phone_address
+    assert not phone.recorder.of_type(Disconnected)
