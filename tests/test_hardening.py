@@ -203,6 +203,9 @@ def test_sustained_flooding_far_above_the_limit_disconnects_and_others_are_unaff
     for i in range(12):
         bob.recorder.wait_for(
             lambda e, i=i: isinstance(e, RoomMessage) and e.text == f"calm {i}")
+    # The sender's own copy is pushed right after the room's: wait for the last one too.
+    alice.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.own
+                            and e.text == "calm 11")
     own = [e.text for e in alice.recorder.of_type(RoomMessage) if e.own and not e.history]
     assert own == [f"calm {i}" for i in range(12)]
     assert not alice.recorder.of_type(ErrorEvent)
