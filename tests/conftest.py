@@ -166,3 +166,21 @@ def make_identity(data_dir: Path, username: str, key: RSA.RsaKey) -> Any:
     import identity
 
     return identity.load_or_create_identity(data_dir, username, new_key=lambda: key)
+
+
+@pytest.fixture
+def proxies() -> Iterator[Callable[..., Any]]:
+    """proxies(server, transform) -> a rewriting proxy in front of `server` (tests/mitm.py),
+    standing in for a malicious server; all are closed at teardown."""
+    from mitm import FrameProxy
+
+    made: list[FrameProxy] = []
+
+    def make(server: Any, transform: Callable[..., Any]) -> FrameProxy:
+        proxy = FrameProxy(server.address, transform)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()

@@ -20,23 +20,11 @@ from client import (
     UserJoined,
     largest_private_text,
 )
-from mitm import HANG_UP, FrameProxy
+from mitm import HANG_UP
 
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def proxies():
-    made: list[FrameProxy] = []
-
-    def make(server, transform) -> FrameProxy:
-        proxy = FrameProxy(server.address, transform)
-        made.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in made:
-        proxy.close()
 
 
 def said(text: str):

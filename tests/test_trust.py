@@ -10,7 +10,6 @@ import base64
 import copy
 from collections import Counter
 
-import pytest
 from Crypto.Cipher.PKCS1_OAEP import PKCS1OAEP_Cipher
 from Crypto.Signature.pss import PSS_SigScheme
 
@@ -27,7 +26,6 @@ from client import (
     RoomMessage,
     describe,
 )
-from mitm import FrameProxy
 
 
 def private_from(peer: str, outgoing: bool = False, text: str | None = None):
@@ -55,18 +53,6 @@ def wait_count(recorder, kind: type, count: int, after: int = 0) -> list:
     return [e for e in recorder.events[after:] if isinstance(e, kind)]
 
 
-@pytest.fixture
-def proxies():
-    made: list[FrameProxy] = []
-
-    def make(server, transform) -> FrameProxy:
-        proxy = FrameProxy(server.address, transform)
-        made.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in made:
-        proxy.close()
 
 
 def alice_knows_bob(chat_server, client_factory):

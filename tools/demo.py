@@ -31,6 +31,7 @@ from screenshot import (  # noqa: E402
     start_server,
     start_window_manager,
     start_xvfb,
+    stop_stage,
     wait_event,
 )
 
@@ -141,16 +142,7 @@ def record(out: Path, workdir: Path, width: int) -> None:
         bob.close()
         carol.close()
     finally:
-        if window is not None and window.process.poll() is None:
-            window.process.terminate()
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        if manager is not None:
-            manager.terminate()
-            manager.wait(10)
-        xvfb.terminate()
-        xvfb.wait(10)
+        stop_stage(window, server, manager, xvfb)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -266,16 +266,17 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96, theme: str = "light
         bob.close()
         carol.close()
     finally:
-        if window is not None and window.process.poll() is None:
-            window.process.terminate()
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        if manager is not None:
-            manager.terminate()
-            manager.wait(10)
-        xvfb.terminate()
-        xvfb.wait(10)
+        stop_stage(window, server, manager, xvfb)
+
+
+def stop_stage(window: Any, server: Any, manager: Any, xvfb: Any) -> None:
+    """End what a recording started, the window first and the display last."""
+    if window is not None and window.process.poll() is None:
+        window.process.terminate()
+    for process in (server, manager, xvfb):
+        if process is not None:
+            process.terminate()
+            process.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:
