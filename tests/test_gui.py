@@ -826,7 +826,9 @@ def test_twice_the_size_at_200_percent(launch: Callable[..., Gui], chat_server: 
     assert state["boxes"]["input"][3] >= 2 * 22  # the input box grew with it
     screen = [1280, 800]
     assert state["size"][0] <= screen[0] and state["size"][1] <= screen[1]
-    assert state["boxes"]["send"] and state["boxes"]["status"]
+    # At twice the size the bottom row is laid out last: wait for it, do not sample it.
+    state = gui.wait(lambda s: s["boxes"]["send"] and s["boxes"]["status"],
+                     "the send button and the status selector on screen")
     gui.say("big and readable")
     gui.conversation_has("alice  big and readable")
     gui.say("/quit")
