@@ -39,6 +39,16 @@ def sync(peer: RawPeer) -> None:
     peer.wait_for(lambda f: f["type"] == "pong" and f["data"] == "sync")
 
 
+def logged_in(chat: Any, key_pool: Any, *names: str) -> list[RawPeer]:
+    """One logged-in peer per name, each on a key of its own from the pool."""
+    peers = []
+    for number, name in enumerate(names):
+        peer = RawPeer(chat.address)
+        peer.login(name, key_pool.get(number))
+        peers.append(peer)
+    return peers
+
+
 ENVELOPE = {"version": 1, "opaque": "the server never looks inside"}
 
 
@@ -53,10 +63,7 @@ def test_a_user_in_three_rooms_gets_each_rooms_messages_and_only_those(
     server_factory: Any, key_pool: Any
 ) -> None:
     chat = server_factory()
-    ann, ben, cat = (RawPeer(chat.address) for _ in range(3))
-    ann.login("ann", key_pool.get(0))
-    ben.login("ben", key_pool.get(1))
-    cat.login("cat", key_pool.get(2))
+    ann, ben, cat = logged_in(chat, key_pool, "ann", "ben", "cat")
     for room in ("#one", "#two"):
         join(ann, room)
     join(ben, "#one")
@@ -98,10 +105,7 @@ def test_a_message_without_a_room_goes_to_the_room_joined_last(
 
 def test_status_reaches_everyone_who_shares_a_room_once(server_factory: Any, key_pool: Any) -> None:
     chat = server_factory()
-    ann, ben, cat = (RawPeer(chat.address) for _ in range(3))
-    ann.login("ann", key_pool.get(0))
-    ben.login("ben", key_pool.get(1))
-    cat.login("cat", key_pool.get(2))
+    ann, ben, cat = logged_in(chat, key_pool, "ann", "ben", "cat")
     for room in ("#one", "#two"):
         join(ann, room)
         join(ben, room)
@@ -288,10 +292,7 @@ def test_the_user_store_refuses_a_file_that_is_not_one(tmp_path: Any) -> None:
 
 def test_ack_takes_only_a_list_of_ids_and_only_ones_own(server_factory: Any, key_pool: Any) -> None:
     chat = server_factory()
-    ann, ben, cat = (RawPeer(chat.address) for _ in range(3))
-    ann.login("ann", key_pool.get(0))
-    ben.login("ben", key_pool.get(1))
-    cat.login("cat", key_pool.get(2))
+    ann, ben, cat = logged_in(chat, key_pool, "ann", "ben", "cat")
     ben.close()
     wait_until(lambda: chat.state.member("ben") is None, what="ben went offline")
     queued = private(ann, "ben", 1)

@@ -25,10 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshot import (  # noqa: E402
     ROOT,
     Window,
-    identity,
-    peer,
     say,
-    start_server,
+    start_cast,
     start_window_manager,
     start_xvfb,
     stop_stage,
@@ -79,10 +77,7 @@ def record(out: Path, workdir: Path, width: int) -> None:
     manager = start_window_manager(display)
     server = window = None
     try:
-        server, host, port = start_server(workdir)
-        home = workdir / "alice-home"
-        identity.load_or_create_identity(home, "alice")
-        bob, carol = peer("bob", host, port, workdir), peer("carol", host, port, workdir)
+        server, host, port, home, bob, carol = start_cast(workdir)
         carol.join("#design")
         say(carol, "Here are the new icons, what do you think? 🎨")
         carol.join("#common")

@@ -214,10 +214,7 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96, theme: str = "light
     server = None
     window = None
     try:
-        server, host, port = start_server(workdir)
-        home = workdir / "alice-home"
-        identity.load_or_create_identity(home, "alice")
-        bob, carol = peer("bob", host, port, workdir), peer("carol", host, port, workdir)
+        server, host, port, home, bob, carol = start_cast(workdir)
 
         # Some history before alice arrives, and two more rooms for the sidebar.
         carol.join("#design")
@@ -267,6 +264,16 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96, theme: str = "light
         carol.close()
     finally:
         stop_stage(window, server, manager, xvfb)
+
+
+def start_cast(workdir: Path) -> tuple[subprocess.Popen[str], str, int, Path, ChatClient,
+                                        ChatClient]:
+    """The server, alice's data folder (her key made) and bob and carol logged in."""
+    server, host, port = start_server(workdir)
+    home = workdir / "alice-home"
+    identity.load_or_create_identity(home, "alice")
+    return server, host, port, home, peer("bob", host, port, workdir), peer(
+        "carol", host, port, workdir)
 
 
 def stop_stage(window: Any, server: Any, manager: Any, xvfb: Any) -> None:
