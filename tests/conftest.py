@@ -184,3 +184,21 @@ def proxies() -> Iterator[Callable[..., Any]]:
     yield make
     for proxy in made:
         proxy.close()
+
+
+# -- a real redis-server, for the cluster engine --------------------------------------------
+
+from redisserver import RedisServer, redis_server_binary  # noqa: E402
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port; skipped when Debian's package is absent."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server); CI has it")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
