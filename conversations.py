@@ -31,7 +31,7 @@ from typing import Iterable
 
 __all__ = [
     "CONTACT_CAP", "JOIN_HISTORY", "ROOM_CAP", "ConversationKey", "Conversations", "Gap",
-    "Summary", "gap_hint", "mentions_me", "unread_report",
+    "Summary", "gap_hint", "mentions_me", "unread_label", "unread_report",
 ]
 
 #: Rooms tracked at once: the server lets a user be in 50 (docs/PROTOCOL.md, `join`).
@@ -323,6 +323,14 @@ def gap_hint(gap: Gap) -> str:
             f"/history {count}{more}")
 
 
+def unread_label(summary: Summary) -> str:
+    """'#common 3*+': the count (left out when 0), '*' if it mentions the user, '+' if
+    there is a gap (more was said while the user was away than the login showed)."""
+    count = f" {summary.unread}" if summary.unread else ""
+    marks = "*" * bool(summary.mentions) + "+" * (summary.gap is not None)
+    return f"{summary.key.label}{count}{marks}"
+
+
 def unread_report(summaries: Iterable[Summary]) -> str:
     """What /unread says: each conversation with unread messages ('*' marks a mention,
     '+' a gap: more was missed than the login showed), and how to load each gap."""
@@ -331,9 +339,8 @@ def unread_report(summaries: Iterable[Summary]) -> str:
         return "nothing unread"
     parts, gaps = [], []
     for s in listed:
-        mark = "*" * bool(s.mentions) + "+" * (s.gap is not None)
         mentions = f", {s.mentions} mentioning you" if s.mentions else ""
-        parts.append(f"{s.key.label} {s.unread}{mark}{mentions}")
+        parts.append(unread_label(s) + mentions)
         if s.gap is not None:
             gaps.append(f"{s.key.label}: {gap_hint(s.gap)} in {s.key.label}")
     total = sum(s.unread for s in listed)

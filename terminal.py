@@ -37,7 +37,7 @@ import identity
 import sanitize
 from client import ChatClient, LoginError, TlsSettings
 from commands import CommandError
-from conversations import Gap, gap_hint
+from conversations import Gap, gap_hint, unread_label
 from events import (
     Disconnected,
     ErrorEvent,
@@ -166,8 +166,7 @@ def status_line(event: UnreadChanged) -> str:
     """'[#work] (3 unread: #common 2, @bob 1*)': the current conversation, then each
     one with unread messages; '*' marks a mention, '+' a gap (see /unread)."""
     where = f"[{_s(event.current.label)}]" if event.current else "[no conversation]"
-    unread = [f"{_s(s.key.label)} {s.unread}{'*' * bool(s.mentions)}{'+' * (s.gap is not None)}"
-              for s in event.summaries if s.unread or s.gap is not None]
+    unread = [_s(unread_label(s)) for s in event.summaries if s.unread or s.gap is not None]
     if not unread:
         return f"{where} (nothing unread)"
     return f"{where} ({event.total} unread: {', '.join(unread)})"
