@@ -17,6 +17,14 @@ known_keys.json (trust on first use); a changed key stops all traffic with that 
 "When a contact's key changes"). `/verify <user>` records that the user compared the
 fingerprint out of band; events say `verified`.
 
+`client.conversations` (conversations.py) follows every room and private conversation:
+unread counts and mentions, fed by the reader thread (at login, from the server's
+`last_seen`), and the current conversation, where `say` sends a typed line (`/query bob`
+makes it bob, privately; `/query` or `/join` goes back to a room). An `UnreadChanged`
+event says when the counts or the current conversation changed; `RoomJoined.gap` says when
+more was missed than the join history shows. The sending half (pacing, the queue, refs
+awaiting confirmation) is outbox.py; login and TLS are handshake.py.
+
 The terminal client lives in terminal.py; `main` here runs it (the `gapshape` command):
 
     python client.py --username alice [--host 127.0.0.1] [--port 5050] [--json]
@@ -159,6 +167,7 @@ class ChatClient:
         # Conversations: unread counts, mentions, the current one (conversations.py).
         self.conversations = Conversations(username)
         self._last_unread: object = None  # what the last UnreadChanged said
+        self._unread_lock = threading.RLock()
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -326,9 +335,10 @@ class ChatClient:
             self.join(key.name)
             return None
         key = self.conversations.open(key)
-        where = ("private messages to " + sanitize.inert(key.name) + " (end-to-end encrypted); "
-                 "/query alone goes back to " + sanitize.inert(self.room or "your room")
-                 if not key.is_room else sanitize.inert(key.name))
+        where = sanitize.inert(key.name)
+        if not key.is_room:
+            where = (f"private messages to {where} (end-to-end encrypted); /query alone goes "
+                     f"back to {sanitize.inert(self.room or 'your room')}")
         self._emit(Notice(f"now talking in {key.label}: lines you type go to {where}", "query",
                           "" if key.is_room else key.name))
         self._conversations_changed()
@@ -622,13 +632,13 @@ class ChatClient:
 
     def _conversations_changed(self) -> None:
         """Emit UnreadChanged if a count, a gap or the current conversation changed."""
-        summaries = tuple(self.conversations.summaries())
-        current = self.conversations.current
-        state = (current, [(s.key, s.unread, s.mentions, s.gap) for s in summaries])
-        with self._state_lock:
-            changed, self._last_unread = state != self._last_unread, state
-        if changed:
-            self._emit(UnreadChanged(summaries, current))
+        with self._unread_lock:  # held while emitting, so no older state overtakes a newer
+            summaries = tuple(self.conversations.summaries())
+            current = self.conversations.current
+            state = (current, [(s.key, s.unread, s.mentions, s.gap) for s in summaries])
+            if state != self._last_unread:
+                self._last_unread = state
+                self._emit(UnreadChanged(summaries, current))
 
     def _note_oldest(self, room: str, message_id: int) -> None:
         """Remember the oldest message id seen in `room`: where /history goes on from."""
