@@ -18,8 +18,8 @@ for the client to show and offer to load (`/history`), never to hide.
 Bounds: at most `ROOM_CAP` rooms (the server's own limit per user) and `CONTACT_CAP`
 private conversations are tracked. A hostile server or a crowd of strangers writing to us
 cannot grow this past them: the least recently active conversation that is not the
-current one is forgotten first. Each conversation holds a few integers, so the whole model
-stays under ~100 KiB at the caps.
+current one is forgotten first. Each conversation holds a key and a few integers (about
+0.6 KiB with the longest names, measured), so the whole model stays near 150 KiB at the caps.
 """
 from __future__ import annotations
 
