@@ -118,6 +118,30 @@ def test_leaving_a_room_forgets_its_count(server_factory: Any, client_factory: A
     assert "#common" not in counts(alice) and alice.current == ROOM("#side")
 
 
+def test_history_already_seen_is_not_unread_again_after_a_reconnect(
+        server_factory: Any, client_factory: Any) -> None:
+    chat = server_factory(rate=0)
+    alice = client_factory(chat, "alice")
+    alice.join("#b")
+    joined(alice, "#b")
+    bob = client_factory(chat, "bob")
+    for n in range(3):
+        bob.say(f"seen {n}", room="#common")
+    heard(alice, "seen 2")
+    assert counts(alice)["#common"] == (3, 0)  # unread live: she is in #b
+    offline(chat, alice, "alice")
+    bob.say("missed 0", room="#common")
+    bob.say("missed 1 @alice", room="#common")
+    heard(bob, "missed 1 @alice")
+    back = client_factory(chat, "alice")
+    snapshot = joined(back, "#common")
+    assert [m.text for m in snapshot.history][-5:] == [
+        "seen 0", "seen 1", "seen 2", "missed 0", "missed 1 @alice"]
+    assert snapshot.gap is None  # the history reaches what she had seen
+    back.recorder.wait_for(lambda e: isinstance(e, UnreadChanged) and e.total == 2)
+    assert counts(back) == {"#b": (0, 0), "#common": (2, 1)}
+
+
 # -- /query: typed lines go to a contact -----------------------------------------------------
 
 def test_query_routes_typed_lines_privately_until_switched_back(

@@ -237,3 +237,20 @@ def test_counts_match_a_simple_replay(events: list[tuple[str, ConversationKey, b
         assert [summary.unread, summary.mentions] == expected[summary.key.folded]
     assert model.total_unread() == sum(u for u, _ in expected.values())
     assert len(model.summaries()) == len(expected)
+
+
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.",
+                 min_size=1, max_size=32).filter(lambda n: n[0] not in ".-" and n[-1] not in ".-")
+
+
+@given(_names, st.sampled_from(["", "hi ", "@", "(", "ok, "]),
+       st.sampled_from(["", "!", ":", ".", " there", "?"]))
+def test_a_name_between_word_ends_is_a_mention(name: str, before: str, after: str) -> None:
+    assert mentions_me(name, f"{before}{name}{after}")
+    assert mentions_me(name, f"{before}{name.swapcase()}{after}")
+
+
+@given(_names, st.sampled_from(["x", "_", "-", "7", ".y"]))
+def test_a_name_running_into_more_name_is_not_a_mention(name: str, glue: str) -> None:
+    assert not mentions_me(name, f"say {name}{glue} now")
+    assert not mentions_me(name, f"say {glue[-1]}{name} now")
