@@ -685,7 +685,8 @@ class ChatClient:
         ids = [m.id for m in history]
         gap = self.conversations.joined(
             room, last_seen=last_seen, history_ids=ids, newest_id=max(ids, default=None),
-            mention_ids=[m.id for m in history if not m.own and mentions_me(self.username, m.text)])
+            mention_ids=[m.id for m in history if not m.own and mentions_me(self.username, m.text)],
+            own_ids=[m.id for m in history if m.own])
         if last_seen is None:
             self.conversations.open(ConversationKey.room(room))
         self._emit(RoomJoined(room, members, history, str(frame["time"]),

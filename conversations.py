@@ -207,10 +207,11 @@ class Conversations:
             return mention
 
     def joined(self, room: str, *, last_seen: int | None, history_ids: list[int],
-               newest_id: int | None, mention_ids: Iterable[int] = ()) -> Gap | None:
+               newest_id: int | None, mention_ids: Iterable[int] = (),
+               own_ids: Iterable[int] = ()) -> Gap | None:
         """A `joined` frame for `room`: at login (`last_seen` given) its history messages
         newer than `last_seen` are unread (and those in `mention_ids` mentions), unless
-        the room is current. Returns the gap before that history, if more may have been
+        the room is current or they are the user's own (`own_ids`, from another device). Returns the gap before that history, if more may have been
         said since `last_seen` than it shows; None otherwise (or on a plain /join)."""
         key = ConversationKey.room(room)
         with self._lock:
@@ -221,7 +222,8 @@ class Conversations:
                 state.last_id = newest
             if last_seen is None:
                 return state.gap
-            new = [i for i in history_ids if i > last_seen]
+            own = set(own_ids)
+            new = [i for i in history_ids if i > last_seen and i not in own]
             if not self._is_current(key):
                 state.unread += len(new)
                 state.mentions += len(set(mention_ids) & set(new))

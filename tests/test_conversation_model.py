@@ -127,6 +127,12 @@ def test_joined_counts_history_after_last_seen() -> None:
     assert model.summaries()[0].last_id == 9
 
 
+def test_joined_does_not_count_own_messages_from_another_device() -> None:
+    model = Conversations("alice")
+    model.joined("#a", last_seen=5, history_ids=[6, 7, 8], newest_id=8, own_ids=[7])
+    assert model.unread(ROOM("a")) == 2
+
+
 def test_joined_gap_when_all_history_is_new() -> None:
     model = Conversations("alice")
     ids = list(range(60, 70))
