@@ -166,7 +166,7 @@ class PrivateHistory:
     """The encrypted history of one user's private conversations. Thread-safe.
 
     Opening an existing file checks it is a history of this identity (``meta``), that the
-    key unwraps and passes its check, and runs SQLite's ``quick_check``; each record is
+    key unwraps and passes its check, and runs SQLite's ``integrity_check``; each record is
     checked (GCM) when it is read. Raises PrivateHistoryError, never sqlite3's errors.
     """
 
@@ -227,7 +227,7 @@ class PrivateHistory:
         try:
             with self._lock:
                 rows = self._live().execute("SELECT name, value FROM meta").fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise self._damaged(f"it is not a Gapshape private history, or is damaged "
                                 f"(SQLite says: {exc})") from None
         meta = {str(name): value for name, value in rows}
@@ -237,8 +237,10 @@ class PrivateHistory:
         return meta
 
     def _check_integrity(self) -> None:
-        """SQLite's own check of every page (no content checks: GCM does those on read)."""
-        result = [str(row[0]) for row in self._query("PRAGMA quick_check")]
+        """SQLite's own check of every page and that each index matches its table (an index
+        that lost an entry would hide a message): about 0.2 s per 100,000 messages, once per
+        start. The texts are checked (GCM) when they are read."""
+        result = [str(row[0]) for row in self._query("PRAGMA integrity_check(3)")]
         if result != ["ok"]:
             raise self._damaged(f"SQLite finds it damaged: {'; '.join(result[:3])}")
 
@@ -354,7 +356,8 @@ class PrivateHistory:
         try:
             data = self._row_data(row, peer_tag, direction, message_tag, sent_at, received_at)
             text = crypto.open_local(self._seal_key, body, data).decode("utf-8")
-        except (crypto.DecryptionError, crypto.CryptoError, UnicodeDecodeError, TypeError):
+        except (crypto.CryptoError, UnicodeDecodeError, TypeError, AttributeError,
+                ValueError, OverflowError):
             raise self._damaged(f"message {row} was altered, moved or damaged") from None
         return HistoryEntry(row, peer, direction, text, sent_at, received_at)
 
@@ -367,9 +370,9 @@ class PrivateHistory:
             try:
                 name = crypto.open_local(self._seal_key, sealed,
                                          self._contact_data(peer_tag)).decode("utf-8")
-            except (crypto.DecryptionError, crypto.CryptoError, UnicodeDecodeError, TypeError):
+                contacts.append(Contact(name, str(last_time), int(count)))
+            except (crypto.CryptoError, UnicodeDecodeError, TypeError, ValueError):
                 raise self._damaged("a contact's name was altered or damaged") from None
-            contacts.append(Contact(name, str(last_time), int(count)))
         return contacts
 
     def close(self) -> None:
@@ -406,8 +409,12 @@ class PrivateHistory:
 
     @contextlib.contextmanager
     def _sqlite_errors(self) -> Iterator[None]:
+        """SQLite's failures as our errors. Text that is not UTF-8, or a number that is
+        not one, can only be damage (every value was written by us)."""
         try:
             yield
+        except (UnicodeDecodeError, TypeError, ValueError, OverflowError) as exc:
+            raise self._damaged(f"a stored value is not what was written ({exc})") from None
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
