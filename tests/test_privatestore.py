@@ -466,3 +466,101 @@ def test_caps_must_leave_room_for_a_message():
         Limits(max_rows=0)
     with pytest.raises(ValueError):
         Limits(max_bytes_per_contact=1000)
+
+
+# -- the client library, over real sockets ------------------------------------------------
+
+def history_file(client) -> Path:
+    return privatestore.history_path(client.data_dir, client.username)
+
+
+@pytest.mark.timeout(60)
+def test_private_history_survives_a_client_restart_and_stays_sealed(
+        chat_server, client_factory, carol):
+    from client import PrivateMessage
+
+    alice = client_factory(chat_server, "alice")
+    carl = client_factory(chat_server, "carl")
+    alice.send_private("carl", SECRET)
+    got = carl.recorder.wait_for(PrivateMessage)
+    assert (got.text, got.outgoing) == (SECRET, False)
+    alice.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and e.outgoing)
+    carl.send_private("alice", "thanks")
+    alice.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing)
+    carl.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and e.outgoing)
+
+    assert [(e.direction, e.text) for e in alice.private_history.conversation("carl")] == [
+        ("out", SECRET), ("in", "thanks")]
+    carl.close()
+    path = history_file(carl)
+    assert SECRET.encode() not in file_bytes(path) and b"alice" not in file_bytes(path)
+
+    again = client_factory(chat_server, "carl")  # a new ChatClient on the same data folder
+    assert history_file(again) == path
+    assert [(e.direction, e.text) for e in again.private_history.conversation("alice")] == [
+        ("in", SECRET), ("out", "thanks")]
+    assert [(c.peer, c.messages) for c in again.private_history.contacts()] == [("alice", 2)]
+    again.close()
+    # Keys 0 and 1 of the pool went to alice and carl: key 2 (carol) is someone else's.
+    with pytest.raises(ForeignHistoryError, match="belongs to another identity"):
+        PrivateHistory(path, carol)
+
+
+@pytest.mark.timeout(60)
+def test_a_message_that_waited_is_recorded_once_on_each_side(server_factory, client_factory):
+    from client import Notice, PrivateMessage
+    from hostile_net import wait_until
+
+    chat = server_factory()
+    alice = client_factory(chat, "alice")
+    bob = client_factory(chat, "bob")  # registers bob's key, then goes away
+    bob.close()
+    wait_until(lambda: chat.state.member("bob") is None, what="bob went offline")
+    alice.send_private("bob", "while you were away")
+    alice.recorder.wait_for(lambda e: isinstance(e, Notice) and "waits on the server" in e.text)
+    assert [(e.direction, e.text) for e in alice.private_history.conversation("bob")] == [
+        ("out", "while you were away")]
+
+    back = client_factory(chat, "bob")
+    back.recorder.wait_for(PrivateMessage)
+    wait_until(lambda: chat.users.mailbox_size() == (0, 0), what="the mailbox emptied")
+    back.close()
+    wait_until(lambda: chat.state.member("bob") is None, what="bob went offline")
+    again = client_factory(chat, "bob")
+    entries = again.private_history.conversation("alice")
+    assert [(e.direction, e.text) for e in entries] == [("in", "while you were away")]
+
+
+@pytest.mark.timeout(60)
+def test_a_history_that_cannot_be_written_is_reported_and_the_message_still_shown(
+        chat_server, client_factory):
+    from client import ErrorEvent, PrivateMessage
+
+    alice = client_factory(chat_server, "alice")
+    bob = client_factory(chat_server, "bob")
+    bob.private_history.close()  # as if the disk went away under it
+    alice.send_private("bob", "still here")
+    assert bob.recorder.wait_for(PrivateMessage).text == "still here"
+    error = bob.recorder.wait_for(ErrorEvent)
+    assert error.code == "private_history" and "could not be saved" in error.message
+
+
+def test_a_foreign_history_stops_the_terminal_client_with_a_sentence(tmp_path, key_pool, bob):
+    """No server is needed: the client refuses before it connects, and says why."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, make_identity
+
+    data_dir = tmp_path / "home"
+    make_identity(data_dir, "ann", key_pool.get(0))
+    with PrivateHistory(privatestore.history_path(data_dir, "ann"), bob):
+        pass  # a history of someone else's identity where ann's belongs
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "client.py"), "--username", "ann", "--data-dir",
+         str(data_dir), "--port", "9"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GAPSHAPE_PASSPHRASE": ""})
+    assert result.returncode == 1
+    assert "cannot log in: this private history belongs to another identity" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
