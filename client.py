@@ -24,14 +24,12 @@ The terminal client lives in terminal.py; `main` here runs it (the `gapshape` co
 from __future__ import annotations
 
 import base64
-import collections
 import logging
 import queue
 import secrets
 import socket
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -45,6 +43,7 @@ import privates
 import privatestore
 import sanitize
 from commands import Command, CommandError, Say, manual_text, parse_line
+from conversations import ConversationKey, Conversations, mentions_me, unread_report
 from errors import ProtocolError
 from events import (
     Disconnected,
@@ -63,6 +62,7 @@ from events import (
     RoomList,
     RoomMessage,
     StatusChanged,
+    UnreadChanged,
     UserJoined,
     UserLeft,
     UserList,
@@ -71,8 +71,9 @@ from events import (
 from handshake import LoginError, TlsSettings
 from keytrust import KeyTrust
 from listings import MAX_LISTED_ITEMS, Listings
+from outbox import MAX_UNCONFIRMED, Outbox, Outgoing
 from privates import PendingPrivate, largest_private_text, private_frame
-from protocol import MAX_SERVER_FRAME_SIZE, Frame, FrameDecoder, encode_frame
+from protocol import MAX_SERVER_FRAME_SIZE, Frame, FrameDecoder
 
 log = logging.getLogger("gapshape.client")
 
@@ -86,6 +87,7 @@ __all__ = [
     "Welcome", "RoomMessage", "RoomJoined", "RoomLeft", "HistoryPage", "UserJoined",
     "UserLeft", "StatusChanged", "MemberList", "RoomList", "UserList", "PrivateMessage",
     "PrivateRejected", "KeyWarning", "Notice", "ErrorEvent", "NotSent", "Disconnected",
+    "UnreadChanged",
 ]
 
 
@@ -103,23 +105,6 @@ def _new_ref() -> str:
 
 # -- the client ---------------------------------------------------------------------------
 
-@dataclass
-class _Outgoing:
-    """One frame on its way out. Messages (room or private) carry their text, so that a
-    refusal can say which message it was and give it back for resending."""
-
-    frame: dict[str, Any]
-    ref: str = ""
-    target: str = ""  # "#room" or the peer
-    text: str | None = None  # None: not a message (join, status, get_key, ...)
-
-    @property
-    def is_message(self) -> bool:
-        return self.text is not None
-
-
-#: Refs of messages sent but not yet echoed or acknowledged that the client keeps.
-MAX_UNCONFIRMED = 2 * pacing.SEND_QUEUE_LIMIT
 
 
 class ChatClient:
@@ -165,13 +150,12 @@ class ChatClient:
         self._sender: threading.Thread | None = None
         self._closing = False
         self._replaced = False
-        # Sending: every frame but pong goes through the pacer, in order.
-        self._pacer = pacing.Pacer(0, 1)
-        self._queue: pacing.SendQueue[_Outgoing] = pacing.SendQueue()
-        self._queue_cond = threading.Condition()
-        self._in_flight = False
-        self._offline = False  # the connection is gone: nothing more is accepted
-        self._unconfirmed: collections.OrderedDict[str, _Outgoing] = collections.OrderedDict()
+        # Sending: every frame but pong goes through the pacer, in order (outbox.py).
+        self._outbox = Outbox(self._emit)
+        self._send_lock = self._outbox.send_lock
+        self._submit = self._outbox.submit
+        self._confirmed = self._outbox.confirmed
+        self._refuse = self._outbox.refuse
         # Keys and trust.
         self.key_trust = KeyTrust(self.username, self.identity.public_der, self.known_keys,
                                   self._emit)
@@ -179,6 +163,9 @@ class ChatClient:
         self._key_refs: dict[str, str] = {}  # ref of a get_key -> casefolded user
         self._oldest_seen: dict[str, int] = {}  # room -> oldest message id shown: /history
         self._listings = Listings()  # listings being collected page by page
+        # Conversations: unread counts, mentions, the current one (conversations.py).
+        self.conversations = Conversations(username)
+        self._last_unread: object = None  # what the last UnreadChanged said
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -190,17 +177,20 @@ class ChatClient:
             if self.tls is not None:
                 sock = handshake.wrap_tls(sock, self.tls, self.host, self.port, self.data_dir,
                                           self._emit)
-            self._sock = sock
+            self._sock = self._outbox.sock = sock
             frame, self.server_id = handshake.login(sock, self._decoder, self._write,
                                                     self.identity, self.username, CLIENT_NAME)
         except BaseException:
             sock.close()
-            self._sock = None
+            self._sock = self._outbox.sock = None
             raise
         self.username = self.key_trust.username = frame["user"]
+        self.conversations.rename_me(self.username)
         self.room = frame["room"]
+        if self.room:  # before the joined frames: their unread counts for the other rooms
+            self.conversations.open(ConversationKey.room(self.room))
         self.limits = pacing.Limits.from_welcome(frame.get("limits"))
-        self._pacer = pacing.Pacer(self.limits.rate, self.limits.burst)
+        self._outbox.pacer = pacing.Pacer(self.limits.rate, self.limits.burst)
         sock.settimeout(None)
         self._reader = threading.Thread(target=self._read_loop, name="gapshape-reader", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="gapshape-sender", daemon=True)
@@ -212,127 +202,25 @@ class ChatClient:
 
     def _write(self, frame: dict[str, Any]) -> None:
         """Write one frame now, bypassing the pacer (login frames and pong only)."""
-        data = encode_frame(frame)
-        sock = self._sock
-        if sock is None:
-            raise ConnectionError("not connected")
-        with self._send_lock:
-            sock.sendall(data)
-
-    def _submit(self, out: _Outgoing) -> bool:
-        """Send `out` now if the pacer allows and nothing waits before it, else queue it.
-
-        Returns False if it was refused; a refused message is reported as NotSent at once
-        (queue full, or offline: then ConnectionError is raised as well, so callers that
-        loop on sending learn the connection is gone)."""
-        with self._queue_cond:
-            if self._offline or self._sock is None:
-                self._refuse(out, "offline", "you are not connected")
-                raise ConnectionError("not connected")
-            if self._pacer.unlimited or (not len(self._queue) and not self._in_flight
-                                         and self._pacer.delay() == 0):
-                self._pacer.take()
-                self._track(out)
-                try:  # written under the queue's lock, so nothing can overtake it
-                    self._write(out.frame)
-                except OSError as exc:
-                    self._untrack(out)
-                    self._refuse(out, "offline", "the connection failed")
-                    raise ConnectionError(f"the connection failed: {exc}") from exc
-                return True
-            try:
-                self._queue.put(out)
-            except pacing.SendQueueFull as exc:
-                self._refuse(out, "queue_full", f"{exc}; wait a moment and send it again")
-                return False
-            self._queue_cond.notify_all()
-            return True
+        self._outbox.write(frame)
 
     def _send_loop(self) -> None:
-        """The sender thread: writes queued frames as the pacer's tokens come in."""
-        while True:
-            with self._queue_cond:
-                out = self._next_due()
-                if out is None:
-                    return
-                self._in_flight = True
-                self._track(out)
-            try:
-                self._write(out.frame)
-            except OSError:
-                if self._untrack(out):  # else the reader's shutdown reported it already
-                    self._refuse(out, "offline", "the connection failed before it was sent")
-                self._shut_down_sending(report_unconfirmed=False)  # echoes may still come in
-                return
-            finally:
-                with self._queue_cond:
-                    self._in_flight = False
-                    self._queue_cond.notify_all()
+        """The sender thread (outbox.py); once the connection is gone, private messages
+        still waiting for their recipients' keys are reported as well."""
+        self._outbox.run()
+        self._refuse_awaiting()
 
-    def _next_due(self) -> _Outgoing | None:
-        """Wait (lock held) until the first queued frame may go; None once offline."""
-        while not self._offline:
-            if not len(self._queue):
-                self._queue_cond.wait()
-                continue
-            delay = self._pacer.delay()
-            if delay > 0:
-                self._queue_cond.wait(delay)
-                continue
-            self._pacer.take()
-            return self._queue.pop()
-        return None
+    def _shut_down_sending(self) -> None:
+        self._outbox.shut_down()
+        self._refuse_awaiting()
 
-    def _shut_down_sending(self, report_unconfirmed: bool = True) -> None:
-        """The connection is gone: every message still queued is reported, and (once the
-        reader has seen the end, so no echo can follow) every one sent but unconfirmed."""
-        with self._queue_cond:
-            self._offline = True
-            waiting = self._queue.drain()
-            self._queue_cond.notify_all()
+    def _refuse_awaiting(self) -> None:
         with self._state_lock:
-            unconfirmed = list(self._unconfirmed.values()) if report_unconfirmed else []
-            if report_unconfirmed:
-                self._unconfirmed.clear()
             pending = [p for group in self._awaiting_key.values() for p in group]
             self._awaiting_key.clear()
-        for out in unconfirmed:
-            self._refuse(out, "unconfirmed", "the connection closed before the server "
-                         "confirmed it; it may not have been delivered")
-        for out in waiting:
-            self._refuse(out, "offline", "the connection closed before it was sent")
         for private in pending:
             self._refuse(self._private_out(private, None), "offline",
                          "the connection closed before it was sent")
-
-    def _track(self, out: _Outgoing) -> None:
-        """Remember a message until the server echoes, acknowledges or refuses it."""
-        if not out.is_message:
-            return
-        with self._state_lock:
-            self._unconfirmed[out.ref] = out
-            while len(self._unconfirmed) > MAX_UNCONFIRMED:
-                self._unconfirmed.popitem(last=False)  # the server never answered these
-
-    def _untrack(self, out: _Outgoing) -> bool:
-        """Forget a message that could not be written; False if it was not tracked
-        (not a message, or already reported)."""
-        if not out.is_message:
-            return True
-        with self._state_lock:
-            return self._unconfirmed.pop(out.ref, None) is not None
-
-    def _confirmed(self, ref: object) -> _Outgoing | None:
-        if not isinstance(ref, str):
-            return None
-        with self._state_lock:
-            return self._unconfirmed.pop(ref, None)
-
-    def _refuse(self, out: _Outgoing, code: str, reason: str) -> None:
-        """Report a message that was not sent, with its text; other frames need no word."""
-        if out.is_message:
-            self._emit(NotSent(code, reason, str(out.frame.get("type", "")), out.ref,
-                               out.target, out.text or ""))
 
     # -- what callers send ----------------------------------------------------------------
 
@@ -355,8 +243,14 @@ class ChatClient:
             self._emit(Notice(manual_text(), "manual"))
         elif name == "privatemsg":
             self.send_private(args[0], args[1])
+        elif name == "query":
+            self.query(args[0] if args else None)
+        elif name == "unread":
+            self._emit(Notice(unread_report(self.conversations.summaries()), "unread"))
         elif name == "join":
             self.join(args[0])
+        elif name == "leave" and not args and self.current and not self.current.is_room:
+            self.close_query()
         elif name == "leave":
             self.leave(args[0] if args else None)
         elif name == "history":
@@ -375,15 +269,33 @@ class ChatClient:
             self.verify(args[0], args[1] if len(args) > 1 else None)
         return True
 
+    @property
+    def current(self) -> ConversationKey | None:
+        """Where typed lines go: the current conversation, else the server's current room."""
+        current = self.conversations.current
+        return current or (ConversationKey.room(self.room) if self.room else None)
+
+    def _current_room(self) -> str:
+        current = self.conversations.current
+        return current.name if current is not None and current.is_room else self.room
+
     def say(self, text: str, room: str | None = None) -> str:
-        """Send a room message to `room`, or to the current room: the one joined last, as
-        the server sees it when the message arrives, so a line typed right after /join
-        goes to the new room. Returns its ref ("" if refused: a NotSent says why)."""
+        """Send `text` to `room`, or to the current conversation: a contact of /query gets
+        it as a private message (`send_private`); a room the user switched to with /query
+        gets it by name; else the server's current room, as it sees it when the message
+        arrives, so a line typed right after /join goes to the new room. Returns its ref
+        ("" if refused: a NotSent says why)."""
+        current = self.conversations.current
+        if room is None and current is not None:
+            if not current.is_room:
+                return self.send_private(current.name, text)
+            if current.name != self.room:
+                room = current.name
         ref = _new_ref()
         frame = {"type": "message", "text": text, "ref": ref}
         if room:
             frame["room"] = room
-        out = _Outgoing(frame, ref, room or self.room, text)
+        out = Outgoing(frame, ref, room or self.room, text)
         if len(text) > self.limits.max_text:
             self._refuse(out, "too_long", f"the message is {len(text)} characters; the "
                          f"maximum is {self.limits.max_text}")
@@ -391,15 +303,51 @@ class ChatClient:
         return out.ref if self._submit(out) else ""
 
     def join(self, room: str) -> None:
-        self._submit(_Outgoing({"type": "join", "room": room}))
+        """Join a room (or make one we are in current): until `joined` comes back, lines
+        typed go to the server's current room, which by then is this one."""
+        self.conversations.current = None
+        self._submit(Outgoing({"type": "join", "room": room}))
+
+    def close_query(self) -> None:
+        """Close the current private conversation (its counts go); back to the room."""
+        current = self.conversations.current
+        if current is not None and not current.is_room:
+            self.conversations.close(current)
+            if self.room:
+                self.query(None)
+            else:
+                self._conversations_changed()
+
+    def query(self, target: str | None = None) -> ConversationKey | None:
+        """Make a conversation current (/query): a contact ('bob' or '@bob'), so typed
+        lines go to them as private messages; a room ('#x'; joined first if we are not in
+        it, then `joined` makes it current); or, with no target, the server's current room."""
+        if target is None and not self.room:
+            raise CommandError("you are in no room; /join one or /query a contact")
+        key = ConversationKey.parse(target) if target else ConversationKey.room(self.room)
+        if not key.is_room and key.name.casefold() == self.username.casefold():
+            raise CommandError("you cannot have a private conversation with yourself")
+        if not key.name.lstrip("#"):
+            raise CommandError("usage: /query [user|#room]")
+        if key.is_room and not self.conversations.has(key):
+            self.join(key.name)
+            return None
+        key = self.conversations.open(key)
+        where = ("private messages to " + sanitize.inert(key.name) + " (end-to-end encrypted); "
+                 "/query alone goes back to " + sanitize.inert(self.room or "your room")
+                 if not key.is_room else sanitize.inert(key.name))
+        self._emit(Notice(f"now talking in {key.label}: lines you type go to {where}", "query",
+                          "" if key.is_room else key.name))
+        self._conversations_changed()
+        return key
 
     def leave(self, room: str | None = None) -> None:
         """Leave a room for good (the current one unless named)."""
-        self._submit(_Outgoing({"type": "leave", **({"room": room} if room else {})}))
+        self._submit(Outgoing({"type": "leave", **({"room": room} if room else {})}))
 
     def history(self, room: str | None = None, count: int = 20) -> None:
         """Ask for `count` messages before the oldest one seen in a room (a HistoryPage)."""
-        room = room or self.room
+        room = room or self._current_room()
         if not room:
             raise CommandError("you are in no room; /join one first")
         frame: dict[str, Any] = {"type": "history", "room": room, "limit": count}
@@ -407,30 +355,30 @@ class ChatClient:
             oldest = self._oldest_seen.get(room)
         if oldest is not None:
             frame["before"] = oldest
-        self._submit(_Outgoing(frame))
+        self._submit(Outgoing(frame))
 
     def set_status(self, status: str, note: str = "") -> None:
-        self._submit(_Outgoing({"type": "status", "status": status, "note": note}))
+        self._submit(Outgoing({"type": "status", "status": status, "note": note}))
 
     def request(self, kind: str) -> None:
         """Ask for one page of a listing: "rooms", "list" (my room) or "users"."""
-        self._submit(_Outgoing({"type": kind}))
+        self._submit(Outgoing({"type": kind}))
 
     def fetch_all(self, kind: str) -> None:
         """Ask for a whole listing ("list", "rooms" or "users"): the client fetches page
         after page (protocol 2) and emits one MemberList/RoomList/UserList when it has
         all of them. A server without pages answers in one piece, which is complete."""
         request: dict[str, Any] = {"type": kind}
-        if kind == "list" and self.room:
-            request["room"] = self.room
+        if kind == "list" and self._current_room():
+            request["room"] = self._current_room()
         self._listings.start(request)
-        self._submit(_Outgoing({"type": kind}))
+        self._submit(Outgoing({"type": kind}))
 
     def quit(self) -> None:
         """Say goodbye after everything already queued has been sent."""
         self._closing = True
         try:
-            self._submit(_Outgoing({"type": "quit"}))
+            self._submit(Outgoing({"type": "quit"}))
         except OSError:
             pass
 
@@ -480,7 +428,7 @@ class ChatClient:
             return ""
         if first:  # otherwise the key is already on its way
             try:
-                self._submit(_Outgoing({"type": "get_key", "user": peer, "ref": key_ref}))
+                self._submit(Outgoing({"type": "get_key", "user": peer, "ref": key_ref}))
             except OSError:
                 with self._state_lock:
                     stranded = self._awaiting_key.pop(peer.casefold(), [])
@@ -510,9 +458,9 @@ class ChatClient:
                      f"is {limit} bytes (UTF-8). Split it and send it again")
         return False
 
-    def _private_out(self, pending: PendingPrivate, envelope: crypto.Envelope | None) -> _Outgoing:
+    def _private_out(self, pending: PendingPrivate, envelope: crypto.Envelope | None) -> Outgoing:
         frame = private_frame(pending.peer, envelope, pending.ref) if envelope else {"type": "private"}
-        return _Outgoing(frame, pending.ref, pending.peer, pending.text)
+        return Outgoing(frame, pending.ref, pending.peer, pending.text)
 
     def _seal_and_send(self, pending: PendingPrivate, peer_key: Any) -> None:
         if not self._fits(pending, peer_key):
@@ -562,7 +510,7 @@ class ChatClient:
         key is fetched first unless a changed one is on offer."""
         if self.key_trust.show_fingerprint(user):
             assert user is not None
-            self._submit(_Outgoing({"type": "get_key", "user": user}))
+            self._submit(Outgoing({"type": "get_key", "user": user}))
 
     def trust(self, user: str, fingerprint: str | None = None) -> None:
         """Accept the changed key on offer for `user`: exactly the one shown (keytrust.py)."""
@@ -580,9 +528,9 @@ class ChatClient:
             return
         self._remember(out.target, "out", out.text or "", out.frame.get("envelope"))
         fingerprint, verified = self.key_trust.pin_of(out.target)
-        self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
-                                  out.text or "", str(frame["time"]), True, fingerprint,
-                                  verified, out.ref))
+        self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+                                   out.text or "", str(frame["time"]), True, fingerprint,
+                                   verified, out.ref))
 
     def _on_private(self, frame: Frame) -> None:
         sender = str(frame.get("from", ""))
@@ -597,9 +545,9 @@ class ChatClient:
             return
         self._remember(sender, "in", text, frame.get("envelope"))
         readable, verified = self.key_trust.pin_of(sender)
-        self._emit(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
-                                  readable or identity.readable_fingerprint_from_hex(fingerprint),
-                                  verified))
+        self._shown(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
+                                   readable or identity.readable_fingerprint_from_hex(fingerprint),
+                                   verified))
         self._acknowledge(frame)
 
     def _remember(self, peer: str, direction: str, text: str, envelope: object) -> None:
@@ -666,13 +614,44 @@ class ChatClient:
             return None
 
     def _on_left(self, frame: Frame) -> None:
+        left = ConversationKey.room(str(frame["room"]))
         self.room = str(frame.get("room_now", ""))
+        was_current = self.conversations.current == left
+        self.conversations.close(left)
+        if was_current and self.room:  # a query stays current; a room left is replaced
+            self.conversations.open(ConversationKey.room(self.room))
         self._emit(RoomLeft(str(frame["room"]), self.room, str(frame["time"])))
+        self._conversations_changed()
 
     def _on_history(self, frame: Frame) -> None:
         room = str(frame["room"])
         messages = tuple(self._room_message(m, True) for m in frame["messages"])
-        self._emit(HistoryPage(room, messages, bool(frame.get("more"))))
+        more = bool(frame.get("more"))
+        self._emit(HistoryPage(room, messages, more))
+        self.conversations.history_loaded(room, [m.id for m in messages], more)
+        self._conversations_changed()
+
+    def _shown(self, event: RoomMessage | PrivateMessage) -> None:
+        """Emit a message as it arrives, then count it in its conversation."""
+        self._emit(event)
+        if isinstance(event, RoomMessage):
+            key, sender, own = ConversationKey.room(event.room), event.user, event.own
+        else:
+            key, own = ConversationKey.private(event.peer), event.outgoing
+            sender = self.username if own else event.peer
+        self.conversations.note(key, sender=sender, text=event.text, message_id=event.id or None,
+                                own=own, history=False)
+        self._conversations_changed()
+
+    def _conversations_changed(self) -> None:
+        """Emit UnreadChanged if a count, a gap or the current conversation changed."""
+        summaries = tuple(self.conversations.summaries())
+        current = self.conversations.current
+        state = (current, [(s.key, s.unread, s.mentions, s.gap) for s in summaries])
+        with self._state_lock:
+            changed, self._last_unread = state != self._last_unread, state
+        if changed:
+            self._emit(UnreadChanged(summaries, current))
 
     def _note_oldest(self, room: str, message_id: int) -> None:
         """Remember the oldest message id seen in `room`: where /history goes on from."""
@@ -689,9 +668,9 @@ class ChatClient:
             if out is not None:
                 self._remember(out.target, "out", out.text or "", out.frame.get("envelope"))
                 fingerprint, verified = self.key_trust.pin_of(out.target)
-                self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
-                                          out.text or "", str(frame["time"]), True,
-                                          fingerprint, verified, out.ref))
+                self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+                                           out.text or "", str(frame["time"]), True,
+                                           fingerprint, verified, out.ref))
             text = (f"{to} is offline: your private message waits on the server (sealed) "
                     "and will be delivered when they log in")
         elif kind == "private_delivered":
@@ -710,18 +689,29 @@ class ChatClient:
                            out.ref if out else "")
 
     def _on_joined(self, frame: Frame) -> None:
-        self.room = frame["room"]
+        """At login (`last_seen` given) the history after last_seen is unread and a gap
+        before it is reported; a /join makes the room the current conversation."""
+        self.room = room = str(frame["room"])
         members = listings.members(frame["members"])
         history = tuple(self._room_message(m, True) for m in frame["history"])
-        self._emit(RoomJoined(frame["room"], members, history,
-                              frame["time"], listings.count(frame.get("member_count"), len(members)),
-                              frame.get("members_next") is None))
+        last_seen = frame.get("last_seen")
+        last_seen = last_seen if isinstance(last_seen, int) and not isinstance(last_seen, bool) else None
+        ids = [m.id for m in history]
+        gap = self.conversations.joined(
+            room, last_seen=last_seen, history_ids=ids, newest_id=max(ids, default=None),
+            mention_ids=[m.id for m in history if not m.own and mentions_me(self.username, m.text)])
+        if last_seen is None:
+            self.conversations.open(ConversationKey.room(room))
+        self._emit(RoomJoined(room, members, history, str(frame["time"]),
+                              listings.count(frame.get("member_count"), len(members)),
+                              frame.get("members_next") is None, gap))
+        self._conversations_changed()
 
     def _on_listing(self, frame: Frame) -> None:
         """members/rooms/users: one page; collected into one event if fetch_all asked."""
         request, event = self._listings.page(frame)
         if request is not None:
-            self._submit(_Outgoing(request))
+            self._submit(Outgoing(request))
         if event is not None:
             self._emit(event)
 
@@ -749,7 +739,7 @@ class ChatClient:
 
 
 _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
-    "message": lambda c, f: c._emit(c._room_message(f, False)),
+    "message": lambda c, f: c._shown(c._room_message(f, False)),
     "joined": ChatClient._on_joined,
     "user_joined": lambda c, f: c._emit(UserJoined(f["room"], f["user"], f["status"],
                                                    f.get("note", ""), f["time"])),

@@ -31,7 +31,7 @@ from typing import Iterable
 
 __all__ = [
     "CONTACT_CAP", "JOIN_HISTORY", "ROOM_CAP", "ConversationKey", "Conversations", "Gap",
-    "Summary", "mentions_me",
+    "Summary", "gap_hint", "mentions_me", "unread_report",
 ]
 
 #: Rooms tracked at once: the server lets a user be in 50 (docs/PROTOCOL.md, `join`).
@@ -264,6 +264,10 @@ class Conversations:
             state = self._rooms.get(key.folded)
             return state.gap if state else None
 
+    def has(self, key: ConversationKey) -> bool:
+        with self._lock:
+            return key.folded in self._table(key)
+
     def keys(self) -> list[ConversationKey]:
         return [summary.key for summary in self.summaries()]
 
@@ -302,3 +306,35 @@ class Conversations:
             victim = next(k for k in table
                           if self._current is None or k != self._current.folded)
             del table[victim]
+
+
+# -- words for the user (the terminal and /unread) -----------------------------------------
+
+#: /history loads at most this many messages at a time (docs/PROTOCOL.md, `history`).
+HISTORY_PAGE = 100
+
+
+def gap_hint(gap: Gap) -> str:
+    """'up to 57 earlier messages since you were last here: /history 57' (ids are shared
+    by all rooms, so the number is an upper bound, exact when only this room was busy)."""
+    count = min(gap.at_most, HISTORY_PAGE)
+    more = " (repeat for more)" if gap.at_most > HISTORY_PAGE else ""
+    return (f"up to {gap.at_most} earlier messages since you were last here: "
+            f"/history {count}{more}")
+
+
+def unread_report(summaries: Iterable[Summary]) -> str:
+    """What /unread says: each conversation with unread messages ('*' marks a mention,
+    '+' a gap: more was missed than the login showed), and how to load each gap."""
+    listed = [s for s in summaries if s.unread or s.gap is not None]
+    if not listed:
+        return "nothing unread"
+    parts, gaps = [], []
+    for s in listed:
+        mark = "*" * bool(s.mentions) + "+" * (s.gap is not None)
+        mentions = f", {s.mentions} mentioning you" if s.mentions else ""
+        parts.append(f"{s.key.label} {s.unread}{mark}{mentions}")
+        if s.gap is not None:
+            gaps.append(f"{s.key.label}: {gap_hint(s.gap)} in {s.key.label}")
+    total = sum(s.unread for s in listed)
+    return "\n".join([f"{total} unread: " + "; ".join(parts), *gaps])
