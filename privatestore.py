@@ -264,8 +264,8 @@ class PrivateHistory:
 
         Past a retention cap the oldest messages are removed (module docstring)."""
         folded = _checked_peer(peer)
-        _check_record(direction, text, message_id, sent_at)
         received = received_at or crypto.utc_timestamp()
+        _check_record(direction, text, message_id, sent_at, received)
         peer_tag = self._tag(b"peer", folded.encode("utf-8"))
         message_tag = self._tag(b"message", folded.encode("utf-8"), direction.encode("ascii"),
                                 message_id.encode("utf-8"))
@@ -341,8 +341,10 @@ class PrivateHistory:
         """The newest `limit` messages with `peer` older than row `before` (all if None),
         oldest first. Page back with ``before=page[0].id``; an empty page is the start."""
         folded = _checked_peer(peer)
-        if not 1 <= limit <= MAX_PAGE:
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"a page holds 1 to {MAX_PAGE} messages")
+        if before is not None and type(before) is not int:
+            raise ValueError("before must be a message's id")
         peer_tag = self._tag(b"peer", folded.encode("utf-8"))
         cursor_row = before if before is not None else 2**63 - 1
         rows = self._query(
@@ -472,14 +474,24 @@ def _create(path: Path, private_key: RsaKey, owner: str) -> None:
     temp = Path(temp_name)
     try:
         _write_new_store(temp, private_key, owner)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            logger.info("%s was created by another client meanwhile; using it", path)
+        _link_into_place(temp, path)
     except (OSError, sqlite3.Error, crypto.CryptoError) as exc:
         raise PrivateHistoryError(f"cannot create your private history {path}: {exc}") from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _link_into_place(temp: Path, path: Path) -> None:
+    """Give the new store its name unless something has it already (then that is used)."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        logger.info("%s was created by another client meanwhile; using it", path)
+    except OSError:
+        # A file system without hard links (FAT, some network shares): rename instead,
+        # checking first; only two clients creating it in the same instant could race.
+        if not path.exists():
+            os.rename(temp, path)
 
 
 def _write_new_store(temp: Path, private_key: RsaKey, owner: str) -> None:
@@ -525,7 +537,8 @@ def _checked_peer(peer: object) -> str:
     return peer.casefold()
 
 
-def _check_record(direction: object, text: object, message_id: object, sent_at: object) -> None:
+def _check_record(direction: object, text: object, message_id: object, sent_at: object,
+                  received_at: object) -> None:
     if direction not in DIRECTIONS:
         raise ValueError("direction must be 'in' or 'out'")
     if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > crypto.MAX_PLAINTEXT_BYTES:
@@ -534,8 +547,9 @@ def _check_record(direction: object, text: object, message_id: object, sent_at: 
         raise ValueError("a message id must be 1 to 64 printable characters")
     try:
         crypto.parse_timestamp(sent_at)
+        crypto.parse_timestamp(received_at)
     except crypto.DecryptionError:
-        raise ValueError("sent_at must be a crypto.utc_timestamp string") from None
+        raise ValueError("times must be crypto.utc_timestamp strings") from None
 
 
 def _warn_if_readable_by_others(path: Path) -> None:

@@ -564,3 +564,11 @@ def test_a_foreign_history_stops_the_terminal_client_with_a_sentence(tmp_path, k
     assert result.returncode == 1
     assert "cannot log in: this private history belongs to another identity" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_conversation_refuses_bad_cursors(history):
+    for before in ("10", 1.5, True):
+        with pytest.raises(ValueError):
+            history.conversation("bob", before=before)
+    with pytest.raises(ValueError):
+        history.record("bob", "in", "t", mid(1), when(1), received_at="now")
