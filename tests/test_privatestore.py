@@ -572,3 +572,38 @@ def test_conversation_refuses_bad_cursors(history):
             history.conversation("bob", before=before)
     with pytest.raises(ValueError):
         history.record("bob", "in", "t", mid(1), when(1), received_at="now")
+
+
+@pytest.mark.timeout(60)
+def test_replayed_and_forged_copies_never_reach_the_history(chat_server, client_factory,
+                                                            proxies):
+    """A malicious server delivers each private message twice more: once as it was (a
+    replay) and once with its text altered. Bob refuses both, and his history holds each
+    message once, as sent."""
+    import copy
+    import secrets
+
+    from client import PrivateMessage, PrivateRejected
+
+    def replay_and_forge(direction, frame):
+        if direction == "down" and frame["type"] == "private":
+            again, forged = copy.deepcopy(frame), copy.deepcopy(frame)
+            again["id"] = frame["id"] + 1
+            forged["id"] = frame["id"] + 2
+            # A fresh id, so the replay guard lets it by and the signature check refuses it.
+            forged["envelope"]["message_id"] = secrets.token_hex(16)
+            forged["envelope"]["ciphertext"] = forged["envelope"]["ciphertext"][::-1]
+            return [frame, again, forged]
+        return [frame]
+
+    bob = client_factory(proxies(chat_server, replay_and_forge), "bob")
+    alice = client_factory(chat_server, "alice")
+    for text in ("one", "two"):
+        alice.send_private("bob", text)
+        bob.recorder.wait_for(lambda e, t=text: isinstance(e, PrivateMessage) and e.text == t)
+    events = bob.recorder.events  # read under the recorder's lock, in its predicate
+    bob.recorder.wait_for(lambda _: sum(isinstance(e, PrivateRejected) for e in events) == 4)
+    reasons = [e.reason for e in bob.recorder.of_type(PrivateRejected)]
+    assert sum("replayed" in r for r in reasons) == 2, reasons
+    assert [(e.direction, e.text) for e in bob.private_history.conversation("alice")] == [
+        ("in", "one"), ("in", "two")]
