@@ -35,7 +35,8 @@ Retention (documented, not silent): a contact keeps at most ``max_rows_per_conta
 (100,000) rows and ``max_bytes_per_contact`` (256 MiB of sealed text); the whole store at
 most ``max_rows`` (1,000,000) and ``max_bytes`` (1 GiB). Past a cap the *oldest* rows go:
 of that contact for a contact's cap, of the contact holding the most for the store's cap
-(so one contact flooding us cannot push everyone else's history out).
+(so one contact flooding us cannot push everyone else's history out), and never the message
+being recorded.
 
 Errors are ``PrivateHistoryError`` (an ``identity.IdentityError``, which both clients show
 as a sentence, not a traceback): ``ForeignHistoryError`` for another identity's file,
@@ -282,7 +283,7 @@ class PrivateHistory:
                                                     sent_at, received))
             db.execute("UPDATE messages SET body = ? WHERE id = ?", (body, row))
             self._count_in(db, peer_tag, peer, len(body), received, row)
-            self._prune(db, peer_tag)
+            self._prune(db, peer_tag, row)
         return True
 
     def _count_in(self, db: sqlite3.Connection, peer_tag: bytes, peer: str, size: int,
@@ -296,14 +297,15 @@ class PrivateHistory:
             db.execute("INSERT INTO contacts VALUES (?, ?, 1, ?, ?, ?)",
                        (peer_tag, name, size, received, row))
 
-    def _prune(self, db: sqlite3.Connection, peer_tag: bytes) -> None:
+    def _prune(self, db: sqlite3.Connection, peer_tag: bytes, new_row: int) -> None:
         """Apply the caps: the contact's own, then the store's, taken from the contact
-        holding the most."""
+        holding the most (of equals, the one quiet longest). The message just recorded is
+        never the one removed: the caps hold at least one message of any size."""
         limits = self.limits
         rows, size = db.execute("SELECT rows, bytes FROM contacts WHERE peer_tag = ?",
                                 (peer_tag,)).fetchone()
         self._drop_oldest(db, peer_tag, rows - limits.max_rows_per_contact,
-                          size - limits.max_bytes_per_contact)
+                          size - limits.max_bytes_per_contact, new_row)
         while True:
             total_rows, total_bytes = db.execute(
                 "SELECT COALESCE(SUM(rows), 0), COALESCE(SUM(bytes), 0) FROM contacts").fetchone()
@@ -311,23 +313,27 @@ class PrivateHistory:
             if excess_rows <= 0 and excess_bytes <= 0:
                 return
             order = "bytes" if excess_bytes > 0 else "rows"
-            biggest = db.execute(f"SELECT peer_tag FROM contacts ORDER BY {order} DESC "
-                                 "LIMIT 1").fetchone()[0]
-            self._drop_oldest(db, biggest, excess_rows, excess_bytes)
+            biggest = db.execute(
+                f"SELECT peer_tag FROM contacts WHERE last_row != ? OR rows > 1 "
+                f"ORDER BY {order} DESC, last_row LIMIT 1", (new_row,)).fetchone()[0]
+            self._drop_oldest(db, biggest, excess_rows, excess_bytes, new_row)
 
     def _drop_oldest(self, db: sqlite3.Connection, peer_tag: bytes, excess_rows: int,
-                     excess_bytes: int) -> None:
-        """Delete a contact's oldest rows until both excesses are covered (or none is left)."""
+                     excess_bytes: int, keep: int) -> None:
+        """Delete a contact's oldest rows but `keep` until both excesses are covered (or
+        no other row is left)."""
         if excess_rows <= 0 and excess_bytes <= 0:
             return
         count = freed = 0
-        for (size,) in db.execute("SELECT length(body) FROM messages WHERE peer_tag = ? "
-                                  "ORDER BY id", (peer_tag,)):
+        oldest = db.execute("SELECT length(body) FROM messages WHERE peer_tag = ? AND id != ? "
+                            "ORDER BY id", (peer_tag, keep))
+        for (size,) in oldest:
             if count >= excess_rows and freed >= excess_bytes:
                 break
             count, freed = count + 1, freed + int(size)
+        oldest.close()
         db.execute("DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE "
-                   "peer_tag = ? ORDER BY id LIMIT ?)", (peer_tag, count))
+                   "peer_tag = ? AND id != ? ORDER BY id LIMIT ?)", (peer_tag, keep, count))
         db.execute("UPDATE contacts SET rows = rows - ?, bytes = bytes - ? WHERE peer_tag = ?",
                    (count, freed, peer_tag))
         db.execute("DELETE FROM contacts WHERE peer_tag = ? AND rows <= 0", (peer_tag,))

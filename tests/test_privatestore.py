@@ -607,3 +607,17 @@ def test_replayed_and_forged_copies_never_reach_the_history(chat_server, client_
     assert sum("replayed" in r for r in reasons) == 2, reasons
     assert [(e.direction, e.text) for e in bob.private_history.conversation("alice")] == [
         ("in", "one"), ("in", "two")]
+
+
+def test_the_message_just_recorded_is_never_the_one_removed(path, alice):
+    """At the store's cap, a new contact's first message (the biggest single message
+    there is) pushes out the older small ones, never itself."""
+    with PrivateHistory(path, alice, Limits(max_rows=3, max_bytes=privatestore._LARGEST_ROW)) as store:
+        fill(store, "carol", 3)
+        big = "x" * crypto.MAX_PLAINTEXT_BYTES
+        assert store.record("dave", "in", big, mid(100), when(100), when(100))
+        assert [e.text for e in store.conversation("dave")] == [big]
+        assert store.record("erin", "in", "hi", mid(101), when(101), when(101))
+        assert [e.text for e in store.conversation("erin")] == ["hi"]
+        counts = {c.peer: c.messages for c in store.contacts()}
+        assert counts["erin"] == 1 and sum(counts.values()) <= 3
