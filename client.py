@@ -48,6 +48,7 @@ import identity
 import listings
 import pacing
 import privates
+import privatestore
 import sanitize
 from commands import Command, CommandError, Say, manual_text, parse_line
 from conversations import ConversationKey, Conversations, mentions_me, unread_report
@@ -129,6 +130,7 @@ class ChatClient:
         tls: TlsSettings | None = None,
         timeout: float = 10.0,
         on_event: Callable[[Event], None] | None = None,
+        private_history: privatestore.PrivateHistory | None = None,
     ) -> None:
         self.username = username
         self.host, self.port = host, port
@@ -140,6 +142,11 @@ class ChatClient:
         self.identity = ident or identity.load_or_create_identity(self.data_dir, username, passphrase)
         self.known_keys = identity.known_keys(self.data_dir, username)
         self.replay_guard = identity.replay_guard(self.data_dir, username)
+        # Private messages received and confirmed sent (privatestore.py); one we open
+        # ourselves is closed by close(), one passed in belongs to the caller.
+        self._owns_history = private_history is None
+        self.private_history = private_history or privatestore.open_private_history(
+            self.data_dir, username, self.identity.private_key)
         self.room = ""
         self.server_id = ""
         self.limits = pacing.Limits()
@@ -396,6 +403,8 @@ class ChatClient:
                 pass
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
+        if self._owns_history:
+            self.private_history.close()
 
     # -- private messages: sending ----------------------------------------------------------
 
@@ -527,6 +536,7 @@ class ChatClient:
         out = self._confirmed(frame.get("ref"))
         if out is None:
             return
+        self._remember(out.target, "out", out.text or "", out.frame.get("envelope"))
         fingerprint, verified = self.key_trust.pin_of(out.target)
         self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
                                    out.text or "", str(frame["time"]), True, fingerprint,
@@ -543,11 +553,24 @@ class ChatClient:
             self._emit(PrivateRejected(sender, str(refused), now))
             self._acknowledge(frame)
             return
+        self._remember(sender, "in", text, frame.get("envelope"))
         readable, verified = self.key_trust.pin_of(sender)
         self._shown(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
                                    readable or identity.readable_fingerprint_from_hex(fingerprint),
                                    verified))
         self._acknowledge(frame)
+
+    def _remember(self, peer: str, direction: str, text: str, envelope: object) -> None:
+        """Keep a verified incoming private message, or one the server confirmed sent or
+        queued, in the local history (deduplicated by the envelope's id). A failure is
+        shown; the message is still delivered."""
+        fields = envelope if isinstance(envelope, dict) else {}  # always one: checked or ours
+        try:
+            self.private_history.record(peer, direction, text, str(fields["message_id"]),
+                                        str(fields["sent_at"]))
+        except (privatestore.PrivateHistoryError, ValueError, KeyError) as exc:
+            self._emit(ErrorEvent("private_history", "this private message could not be "
+                                  f"saved in your history: {exc}"))
 
     def _acknowledge(self, frame: Frame) -> None:
         """A private message that waited in the server's mailbox stays there until we say
@@ -653,6 +676,7 @@ class ChatClient:
         if kind == "private_queued":
             out = self._confirmed(frame.get("ref"))
             if out is not None:
+                self._remember(out.target, "out", out.text or "", out.frame.get("envelope"))
                 fingerprint, verified = self.key_trust.pin_of(out.target)
                 self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
                                            out.text or "", str(frame["time"]), True,

@@ -435,3 +435,73 @@ def _unwrap_key(envelope: Envelope, recipient_private_key: RsaKey) -> bytes:
     if len(aes_key) != AES_KEY_BYTES:
         raise DecryptionError("the message could not be decrypted")
     return aes_key
+
+
+# ---------------------------------------------------------------------------------------
+# Data at rest (the client's private history, privatestore.py)
+#
+# A local AES-256 key is wrapped for the owner's own identity key with RSA-OAEP (SHA-256,
+# MGF1-SHA-256) under the label ``LOCAL_KEY_LABEL``: an envelope's wrapped key (empty
+# label) can never be passed off as a local key, nor the other way round. Each record is
+# sealed with AES-256-GCM as ``nonce(12) || ciphertext || tag(16)``, its associated data
+# chosen by the caller so that a record cannot be moved to another place in the store.
+
+LOCAL_KEY_LABEL = b"gapshape-local-key-v1"
+LOCAL_SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES
+
+
+def wrap_local_key(aes_key: bytes, public_key: RsaKey, *,
+                   randbytes: RandBytes | None = None) -> bytes:
+    """Wrap a 32-byte local key for ``public_key`` (RSA-OAEP-SHA256, local label)."""
+    _check_local_key(aes_key)
+    _check_rsa_key(public_key, "owner's", need_private=False)
+    draw = _checked_source(randbytes or get_random_bytes)
+    return _local_oaep(public_key, draw).encrypt(aes_key)
+
+
+def unwrap_local_key(wrapped: bytes, private_key: RsaKey) -> bytes:
+    """Unwrap a key made by ``wrap_local_key``; DecryptionError if this key cannot."""
+    _check_rsa_key(private_key, "owner's", need_private=True)
+    if not isinstance(wrapped, bytes) or len(wrapped) != (private_key.size_in_bits() + 7) // 8:
+        raise DecryptionError("the stored key was not wrapped for this identity key")
+    try:
+        aes_key = _local_oaep(private_key).decrypt(wrapped)
+    except (ValueError, TypeError):
+        raise DecryptionError("the stored key was not wrapped for this identity key") from None
+    if len(aes_key) != AES_KEY_BYTES:
+        raise DecryptionError("the stored key was not wrapped for this identity key")
+    return aes_key
+
+
+def seal_local(aes_key: bytes, plaintext: bytes, associated_data: bytes, *,
+               randbytes: RandBytes | None = None) -> bytes:
+    """AES-256-GCM: ``nonce || ciphertext || tag``, authenticating ``associated_data``."""
+    _check_local_key(aes_key)
+    if not isinstance(plaintext, bytes) or not isinstance(associated_data, bytes):
+        raise CryptoError("seal_local takes bytes")
+    nonce = _checked_source(randbytes or get_random_bytes)(NONCE_BYTES)
+    ciphertext, tag = _gcm(aes_key, nonce, associated_data).encrypt_and_digest(plaintext)
+    return nonce + ciphertext + tag
+
+
+def open_local(aes_key: bytes, sealed: bytes, associated_data: bytes) -> bytes:
+    """Open ``seal_local``'s output; DecryptionError if it was altered or moved (other
+    associated data) or the key is wrong."""
+    _check_local_key(aes_key)
+    if not isinstance(sealed, bytes) or len(sealed) < LOCAL_SEAL_OVERHEAD:
+        raise DecryptionError("the stored record is too short")
+    nonce, ciphertext, tag = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:-TAG_BYTES], sealed[-TAG_BYTES:]
+    try:
+        return _gcm(aes_key, nonce, associated_data).decrypt_and_verify(ciphertext, tag)
+    except (ValueError, TypeError):
+        raise DecryptionError("the stored record was altered, moved or damaged") from None
+
+
+def _check_local_key(aes_key: object) -> None:
+    if not isinstance(aes_key, bytes) or len(aes_key) != AES_KEY_BYTES:
+        raise CryptoError(f"a local key must be {AES_KEY_BYTES} bytes")
+
+
+def _local_oaep(key: RsaKey, randbytes: RandBytes = get_random_bytes) -> PKCS1_OAEP.PKCS1OAEP_Cipher:
+    return PKCS1_OAEP.new(key, hashAlgo=SHA256, mgfunc=_mgf1_sha256, label=LOCAL_KEY_LABEL,
+                          randfunc=randbytes)

@@ -488,3 +488,90 @@ def test_verify_signature_checks_only_the_signature(envelope, alice, bob):
         crypto.verify_signature(envelope, bob.publickey())
     with pytest.raises(DecryptionError):
         crypto.verify_signature("not an envelope", alice.publickey())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# Data at rest: the local key wrapped for one's own identity, and records sealed with it.
+
+LOCAL_KEY = bytes(range(32))
+LOCAL_AD = b"row 7 of store 42"
+LOCAL_OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
+                          label=crypto.LOCAL_KEY_LABEL)
+
+
+def test_local_key_round_trip_and_wrong_identity(alice, bob):
+    wrapped = crypto.wrap_local_key(LOCAL_KEY, alice.publickey())
+    assert crypto.unwrap_local_key(wrapped, alice) == LOCAL_KEY
+    assert crypto.wrap_local_key(LOCAL_KEY, alice.publickey()) != wrapped  # OAEP is randomized
+    with pytest.raises(DecryptionError):
+        crypto.unwrap_local_key(wrapped, bob)
+    flipped = bytearray(wrapped)
+    flipped[len(flipped) // 2] ^= 1
+    with pytest.raises(DecryptionError):
+        crypto.unwrap_local_key(bytes(flipped), alice)
+    with pytest.raises(DecryptionError):
+        crypto.unwrap_local_key(wrapped[:-1], alice)
+
+
+def test_local_key_label_keeps_envelope_keys_apart(envelope, alice, bob):
+    """An envelope's wrapped message key (empty OAEP label) is not a local key, and a
+    local key does not unwrap as an envelope's."""
+    with pytest.raises(DecryptionError):
+        crypto.unwrap_local_key(envelope.wrapped_key, bob)
+    wrapped = crypto.wrap_local_key(LOCAL_KEY, bob.publickey())
+    forged = dataclasses.replace(envelope, wrapped_key=wrapped)
+    with pytest.raises(DecryptionError):
+        crypto._unwrap_key(forged, bob)
+
+
+def test_openssl_unwraps_our_local_key_and_we_unwrap_its(alice):
+    wrapped = crypto.wrap_local_key(LOCAL_KEY, alice.publickey())
+    assert _ossl_private(alice).decrypt(wrapped, LOCAL_OAEP) == LOCAL_KEY
+    theirs = _ossl_public(alice).encrypt(LOCAL_KEY, LOCAL_OAEP)
+    assert crypto.unwrap_local_key(theirs, alice) == LOCAL_KEY
+
+
+def test_wrapping_refuses_bad_keys(alice):
+    with pytest.raises(CryptoError):
+        crypto.wrap_local_key(bytes(16), alice.publickey())
+    with pytest.raises(CryptoError):
+        crypto.unwrap_local_key(bytes(384), alice.publickey())  # no private half
+    with pytest.raises(CryptoError):
+        crypto.wrap_local_key(LOCAL_KEY, "not a key")  # type: ignore[arg-type]
+
+
+def test_seal_local_round_trip_layout_and_openssl():
+    sealed = crypto.seal_local(LOCAL_KEY, PLAINTEXT, LOCAL_AD)
+    assert len(sealed) == len(PLAINTEXT) + crypto.LOCAL_SEAL_OVERHEAD
+    assert crypto.open_local(LOCAL_KEY, sealed, LOCAL_AD) == PLAINTEXT
+    nonce, rest = sealed[:12], sealed[12:]
+    assert AESGCM(LOCAL_KEY).decrypt(nonce, rest, LOCAL_AD) == PLAINTEXT
+    theirs = os.urandom(12)
+    theirs += AESGCM(LOCAL_KEY).encrypt(theirs, PLAINTEXT, LOCAL_AD)
+    assert crypto.open_local(LOCAL_KEY, theirs, LOCAL_AD) == PLAINTEXT
+    assert crypto.seal_local(LOCAL_KEY, PLAINTEXT, LOCAL_AD) != sealed  # fresh nonce
+
+
+def test_seal_local_known_answer():
+    sealed = crypto.seal_local(LOCAL_KEY, b"hello", LOCAL_AD, randbytes=lambda n: bytes(n))
+    expected = AESGCM(LOCAL_KEY).encrypt(bytes(12), b"hello", LOCAL_AD)
+    assert sealed == bytes(12) + expected
+
+
+def test_open_local_refuses_any_flipped_bit_other_data_or_key():
+    sealed = crypto.seal_local(LOCAL_KEY, b"short text", LOCAL_AD)
+    for index in range(len(sealed)):
+        for bit in (0x01, 0x80):
+            flipped = bytearray(sealed)
+            flipped[index] ^= bit
+            with pytest.raises(DecryptionError):
+                crypto.open_local(LOCAL_KEY, bytes(flipped), LOCAL_AD)
+    with pytest.raises(DecryptionError):
+        crypto.open_local(LOCAL_KEY, sealed, b"row 8 of store 42")
+    with pytest.raises(DecryptionError):
+        crypto.open_local(bytes(32), sealed, LOCAL_AD)
+    for short in (b"", sealed[: crypto.LOCAL_SEAL_OVERHEAD - 1], sealed[:-1]):
+        with pytest.raises(DecryptionError):
+            crypto.open_local(LOCAL_KEY, short, LOCAL_AD)
+    with pytest.raises(CryptoError):
+        crypto.open_local(bytes(31), sealed, LOCAL_AD)
