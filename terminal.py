@@ -61,6 +61,7 @@ from events import (
     UserList,
     Welcome,
 )
+from privatestore import PrivateHistoryError
 
 # -- terminal rendering -------------------------------------------------------------------
 
@@ -258,10 +259,41 @@ class Screen:
             print(f"[{stamp}] {line}", file=self.out)
         self._draw_prompt()
 
+    def print_lines(self, lines: list[str]) -> None:
+        """Lines that are not events (the local private history), kept above the prompt."""
+        if self.prompt:
+            self.out.write("\r\x1b[K")
+        for line in lines:
+            print(line, file=self.out)
+        self._draw_prompt()
+
     def _draw_prompt(self) -> None:
         if self.prompt and self.status:
             self.out.write(f"\r\x1b[K{self.status} > ")
         self.out.flush()
+
+
+#: Lines of local private history printed when /query opens a private conversation.
+PRIVATE_HISTORY_SHOWN = 10
+
+
+def private_history_lines(client: ChatClient, peer: str,
+                          count: int = PRIVATE_HISTORY_SHOWN) -> list[str]:
+    """The last `count` private messages with `peer` from the local encrypted history,
+    oldest first, tagged as live ones are and marked (history). A history that cannot be
+    read says so in one line (the error names the file), never a traceback."""
+    try:
+        entries = client.private_history.conversation(peer, limit=count)
+    except PrivateHistoryError as exc:
+        return [f"[{datetime.now().strftime('%H:%M:%S')}] error: {_s(str(exc))}"]
+    lines = []
+    for entry in entries:
+        if entry.direction == "out":
+            text = f"[-> @{_s(peer)}] you -> {_s(peer)}: {_s(entry.text)} (history)"
+        else:
+            text = f"[@{_s(peer)}] {_s(peer)} -> you: {_s(entry.text)} (history)"
+        lines.append(f"[{local_time(entry.sent_at)}] {text}")
+    return lines
 
 
 def _type_lines(client: ChatClient) -> None:
@@ -284,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     make_streams_safe()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
-    show = Screen(sys.stdout, args.json, sys.stdout.isatty()).show
+    screen = Screen(sys.stdout, args.json, sys.stdout.isatty())
+    show = screen.show
 
     tls = TlsSettings(cafile=args.cafile) if (args.tls or args.cafile) else None
     try:
@@ -307,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             except queue.Empty:
                 continue
             show(event)
+            if (not args.json and isinstance(event, Notice) and event.topic == "query"
+                    and event.user):
+                screen.print_lines(private_history_lines(client, event.user))
             if isinstance(event, Disconnected):
                 return 0
     except KeyboardInterrupt:

@@ -101,3 +101,29 @@ def test_unread_report_words() -> None:
         "11 unread: #common 10*+, 1 mentioning you; @bob 1",
         "#common: up to 15 earlier messages since you were last here: /history 15 in #common"]
     assert unread_report([rows[1]]) == "nothing unread"
+
+
+class _HistoryOnly:
+    """A client as far as `private_history_lines` looks at one: its local history."""
+
+    def __init__(self, history: object) -> None:
+        self.private_history = history
+
+
+def test_query_shows_the_local_private_history_tagged_and_inert(tmp_path, alice) -> None:
+    from privatestore import PrivateHistory
+    from terminal import private_history_lines
+
+    history = PrivateHistory(tmp_path / "h.sqlite3", alice)
+    try:
+        history.record("bob", "in", "hello " + NASTY, "m1", "2026-12-01T10:00:00.000Z")
+        history.record("bob", "out", "hi bob", "m2", "2026-12-01T10:01:00.000Z")
+        lines = private_history_lines(_HistoryOnly(history), "bob")  # type: ignore[arg-type]
+        assert len(lines) == 2
+        assert "[@bob] bob -> you: hello " in lines[0] and lines[0].endswith("(history)")
+        assert "[-> @bob] you -> bob: hi bob (history)" in lines[1]
+        assert not any(sanitize.is_unsafe(ch) for line in lines for ch in line)
+    finally:
+        history.close()
+    closed = private_history_lines(_HistoryOnly(history), "bob")  # type: ignore[arg-type]
+    assert len(closed) == 1 and "error:" in closed[0]
