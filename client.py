@@ -115,6 +115,11 @@ def _new_ref() -> str:
 
 
 
+def _is_id(value: object) -> bool:
+    """A message id as the server sends one: an int, never a bool (JSON true is not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ChatClient:
     """One logged-in session. Events arrive on `self.events` (or `on_event` if given)."""
 
@@ -205,7 +210,10 @@ class ChatClient:
         self._sender = threading.Thread(target=self._send_loop, name="gapshape-sender", daemon=True)
         self._reader.start()
         self._sender.start()
-        return Welcome(frame["user"], frame["room"], frame["server_id"], frame["time"])
+        last_seen, rooms = frame.get("last_seen"), frame.get("rooms")
+        return Welcome(frame["user"], frame["room"], frame["server_id"], frame["time"],
+                       tuple(str(room) for room in rooms) if isinstance(rooms, list) else (),
+                       last_seen if _is_id(last_seen) else None)
 
     # -- sending: the pacer and its queue ---------------------------------------------------
 
@@ -705,7 +713,7 @@ class ChatClient:
         members = listings.members(frame["members"])
         history = tuple(self._room_message(m, True) for m in frame["history"])
         last_seen = frame.get("last_seen")
-        last_seen = last_seen if isinstance(last_seen, int) and not isinstance(last_seen, bool) else None
+        last_seen = last_seen if _is_id(last_seen) else None
         ids = [m.id for m in history]
         gap = self.conversations.joined(
             room, last_seen=last_seen, history_ids=ids, newest_id=max(ids, default=None),
@@ -715,7 +723,7 @@ class ChatClient:
             self.conversations.open(ConversationKey.room(room))
         self._emit(RoomJoined(room, members, history, str(frame["time"]),
                               listings.count(frame.get("member_count"), len(members)),
-                              frame.get("members_next") is None, gap))
+                              frame.get("members_next") is None, gap, last_seen))
         self._conversations_changed()
 
     def _on_listing(self, frame: Frame) -> None:

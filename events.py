@@ -36,6 +36,8 @@ class Welcome(Event):
     room: str
     server_id: str
     time: str
+    rooms: tuple[str, ...] = ()  # every room the user is in, in the server's order
+    last_seen: int | None = None  # the newest id that existed when the user last left
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class RoomJoined(Event):
     #: At login: more may have been said since the user was last here than `history`
     #: shows; `history(count=...)` loads it (conversations.py). Show it, never hide it.
     gap: Gap | None = None
+    #: The `joined` frame's `last_seen`: set in the login burst, None for a /join.
+    last_seen: int | None = None
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def client_factory(tmp_path: Path, key_pool: KeyPool) -> Iterator[Callable[..., 
                             ident=make_identity(data_dir, username, key_pool.get(index)),
                             on_event=recorder, **options)
         client.recorder = recorder
-        client.connect()
+        client.welcome = client.connect()
         clients.append(client)
         return client
 

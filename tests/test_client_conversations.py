@@ -123,7 +123,7 @@ def test_history_already_seen_is_not_unread_again_after_a_reconnect(
     chat = server_factory(rate=0)
     alice = client_factory(chat, "alice")
     alice.join("#b")
-    joined(alice, "#b")
+    assert joined(alice, "#b").last_seen is None  # a /join, not the login burst
     bob = client_factory(chat, "bob")
     for n in range(3):
         bob.say(f"seen {n}", room="#common")
@@ -138,6 +138,9 @@ def test_history_already_seen_is_not_unread_again_after_a_reconnect(
     assert [m.text for m in snapshot.history][-5:] == [
         "seen 0", "seen 1", "seen 2", "missed 0", "missed 1 @alice"]
     assert snapshot.gap is None  # the history reaches what she had seen
+    assert snapshot.last_seen is not None and snapshot.last_seen >= 3
+    assert set(back.welcome.rooms) == {"#common", "#b"}
+    assert back.welcome.last_seen == snapshot.last_seen
     back.recorder.wait_for(lambda e: isinstance(e, UnreadChanged) and e.total == 2)
     assert counts(back) == {"#b": (0, 0), "#common": (2, 1)}
 
