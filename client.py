@@ -63,6 +63,7 @@ from events import (
     MemberList,
     Notice,
     NotSent,
+    PresenceBatch,
     PrivateMessage,
     PrivateRejected,
     RoomJoined,
@@ -93,7 +94,7 @@ __all__ = [
     "CLIENT_NAME", "MAX_LISTED_ITEMS", "MAX_UNCONFIRMED", "REPLACED_REASON", "ChatClient",
     "LoginError", "TlsSettings", "largest_private_text", "main", "Event", "MemberInfo",
     "Welcome", "RoomMessage", "RoomJoined", "RoomLeft", "HistoryPage", "UserJoined",
-    "UserLeft", "StatusChanged", "MemberList", "RoomList", "UserList", "PrivateMessage",
+    "UserLeft", "PresenceBatch", "StatusChanged", "MemberList", "RoomList", "UserList", "PrivateMessage",
     "PrivateRejected", "KeyWarning", "Notice", "ErrorEvent", "NotSent", "Disconnected",
     "UnreadChanged",
 ]
@@ -757,12 +758,28 @@ class ChatClient:
             self._emit(ErrorEvent(code, message, request))
 
 
+#: Names of a presence batch the client keeps: the server sends at most 10 of each kind, and
+#: a hostile one cannot make a batch cost more than this.
+PRESENCE_NAMES_KEPT = 50
+
+
+def _presence_batch(frame: Frame) -> PresenceBatch:
+    joined = tuple(str(name) for name in frame.get("joined", [])[:PRESENCE_NAMES_KEPT])
+    left = tuple((str(item["user"]), str(item.get("reason", "")))
+                 for item in frame.get("left", [])[:PRESENCE_NAMES_KEPT])
+    return PresenceBatch(str(frame["room"]), listings.count(frame.get("member_count"), 0),
+                         joined, listings.count(frame.get("joined_count"), len(joined)),
+                         left, listings.count(frame.get("left_count"), len(left)),
+                         str(frame["time"]))
+
+
 _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
     "message": lambda c, f: c._shown(c._room_message(f, False)),
     "joined": ChatClient._on_joined,
     "user_joined": lambda c, f: c._emit(UserJoined(f["room"], f["user"], f["status"],
                                                    f.get("note", ""), f["time"])),
     "user_left": lambda c, f: c._emit(UserLeft(f["room"], f["user"], f.get("reason", ""), f["time"])),
+    "presence": lambda c, f: c._emit(_presence_batch(f)),
     "status": lambda c, f: c._emit(StatusChanged(f["user"], f["status"], f.get("note", ""), f["time"])),
     "members": ChatClient._on_listing,
     "rooms": ChatClient._on_listing,

@@ -103,6 +103,20 @@ class UserLeft(Event):
 
 
 @dataclass(frozen=True)
+class PresenceBatch(Event):
+    """Arrivals and departures in a big room, gathered by the server over about a second
+    (the `presence` frame): a few names of each kind, and the exact counts."""
+
+    room: str
+    member_count: int  # everyone online in the room now
+    joined: tuple[str, ...]  # some of those who came (the server sends at most 10)
+    joined_count: int
+    left: tuple[tuple[str, str], ...]  # (user, reason) of some of those who went
+    left_count: int
+    time: str
+
+
+@dataclass(frozen=True)
 class StatusChanged(Event):
     user: str
     status: str

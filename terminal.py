@@ -48,6 +48,7 @@ from events import (
     MemberList,
     Notice,
     NotSent,
+    PresenceBatch,
     PrivateMessage,
     PrivateRejected,
     RoomJoined,
@@ -114,6 +115,8 @@ def describe(event: Event) -> str:
         return f"* {_s(event.user)} joined {_s(event.room)}"
     if isinstance(event, UserLeft):
         return f"* {_s(event.user)} left {_s(event.room)} ({_s(event.reason)})"
+    if isinstance(event, PresenceBatch):
+        return describe_presence(event)
     if isinstance(event, StatusChanged):
         note = f": {_s(event.note)}" if event.note else ""
         return f"* {_s(event.user)} is now {_s(event.status)}{note}"
@@ -294,6 +297,26 @@ def private_history_lines(client: ChatClient, peer: str,
             text = f"[@{_s(peer)}] {_s(peer)} -> you: {_s(entry.text)} (history)"
         lines.append(f"[{local_time(entry.sent_at)}] {text}")
     return lines
+
+
+def _some_and_others(names: list[str], count: int) -> str:
+    """'ann, bo and 55 others' (every name inert)."""
+    shown = [_s(name) for name in names]
+    others = count - len(shown)
+    if others > 0:
+        return ", ".join(shown) + (" and " if shown else "") + f"{others} other{'s' if others > 1 else ''}"
+    return ", ".join(shown)
+
+
+def describe_presence(event: PresenceBatch) -> str:
+    """One line for a big room's batch of arrivals and departures."""
+    parts = []
+    if event.joined_count:
+        parts.append(f"{_some_and_others(list(event.joined), event.joined_count)} joined")
+    if event.left_count:
+        parts.append(f"{_some_and_others([u for u, _ in event.left], event.left_count)} left")
+    said = "; ".join(parts) or "no change"
+    return f"* {_s(event.room)}: {said} ({event.member_count} online)"
 
 
 def _type_lines(client: ChatClient) -> None:

@@ -127,3 +127,23 @@ def test_query_shows_the_local_private_history_tagged_and_inert(tmp_path, alice)
         history.close()
     closed = private_history_lines(_HistoryOnly(history), "bob")  # type: ignore[arg-type]
     assert len(closed) == 1 and "error:" in closed[0]
+
+
+def test_a_presence_batch_is_one_inert_line_with_exact_counts() -> None:
+    from client import PRESENCE_NAMES_KEPT, _presence_batch
+    from terminal import describe_presence
+
+    frame = {"type": "presence", "room": "#common", "member_count": 4711,
+             "joined_count": 57, "joined": ["ann", "bo", NASTY],
+             "left_count": 1, "left": [{"user": "kim", "reason": "quit"}],
+             "time": "2026-12-02T01:40:00.000Z"}
+    event = _presence_batch(frame)
+    assert (event.joined_count, event.left_count, event.member_count) == (57, 1, 4711)
+    line = describe_presence(event)
+    assert line.startswith("* #common: ann, bo, ") and "and 54 others joined; kim left" in line
+    assert line.endswith("(4711 online)")
+    assert not any(sanitize.is_unsafe(ch) for ch in line)
+    # A hostile server's endless list of names costs at most PRESENCE_NAMES_KEPT of them.
+    flood = _presence_batch({**frame, "joined": ["x"] * 100_000, "joined_count": True})
+    assert len(flood.joined) == PRESENCE_NAMES_KEPT
+    assert flood.joined_count == PRESENCE_NAMES_KEPT  # a bool is not a count
