@@ -41,6 +41,7 @@ from chatlink import (
     batch,
 )
 from chatoutbox import Outbox, Pending
+from chatscrollback import PAGE as HISTORY_PAGE
 from chatscrollback import Scrollback, gap_line
 from chatsettings import (
     DEFAULT_HOST,
@@ -118,7 +119,7 @@ from rooms import COMMON_ROOM
 # import these names from chatview.
 __all__ = [
     "CONNECTED", "CONNECTING", "OFFLINE", "RECONNECTING",
-    "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
+    "HISTORY_PAGE", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
     "DEFAULT_PORT", "InputAction", "InputHistory", "KeyWarning", "Line", "LoginRequest",
     "NAME_PALETTE", "NOTE_SHOWN", "NOTIFICATION_CHARS", "NameColours", "NotSent", "OWN_COLOUR",
     "Outbox", "PREFERENCES_FILE", "Pending", "Preferences", "Progress", "REPLACEMENT", "Restore",
@@ -339,19 +340,19 @@ class ChatModel:
         names.pop(self.me.casefold(), None)
         return sorted(names.values(), key=str.lower)
 
-    def route(self, line: str) -> tuple[str, str]:
-        """Where a typed line goes: ("say", room) for a message in a room view (sent to
-        that room by name), else ("execute", line), a private view's message turned into
-        the /privatemsg to its contact that the library sends."""
+    def route(self, line: str) -> tuple[str, str, str]:
+        """Where a typed line goes: ("say", room, text) for a message in a room view (sent
+        to that room by name), else ("execute", line, ""), a private view's message turned
+        into the /privatemsg to its contact that the library sends."""
         try:
             parsed = commands.parse_line(line)
         except CommandError:
-            return "execute", line
+            return "execute", line, ""
         if not isinstance(parsed, commands.Say):
-            return "execute", line
+            return "execute", line, ""
         if self.peer:
-            return "execute", f"/privatemsg {self.peer} {parsed.text}"
-        return ("say", self.view) if self.view else ("execute", line)
+            return "execute", f"/privatemsg {self.peer} {parsed.text}", ""
+        return ("say", self.view, parsed.text) if self.view else ("execute", line, "")
 
     # -- told by the window ---------------------------------------------------------------
 
