@@ -274,7 +274,7 @@ class ChatModel:
 
     def view_title(self) -> str:
         """The header above the conversation."""
-        return f"🔒 {self.peer}" if self.peer else self.view
+        return tk_safe(self.peer, astral=self.astral) if self.peer else self.view
 
     def unseen(self, view: str) -> tuple[int, int]:
         """(unread, mentions) of a view."""
@@ -648,7 +648,7 @@ class ChatModel:
             self._count(view, True)
         elif event.outgoing and view != self.view:
             # Typed as /privatemsg in another view: said where the user is looking too.
-            self._add(self._system_line("system", f"🔒 Sent privately to {event.peer}: it is "
+            self._add(self._system_line("system", f"Sent privately to {event.peer}: it is "
                                                   f"in the conversation with {event.peer}."))
 
     def _on_private_rejected(self, event: PrivateRejected) -> None:

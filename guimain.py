@@ -72,7 +72,7 @@ class MainView(ttk.Frame):
         self.panes.grid(row=2, column=0, sticky="nsew")
         self.sidebar = self.rooms_pane = Sidebar(
             self.panes, self.fonts, self.px, self.tooltip, self.app.choose_view,
-            self.app.join_room, self._autohide, self.input_focus)
+            self.app.join_room, self._autohide, self.input_focus, self.lock_image)
         self.rooms, self.new_room = self.sidebar.tree, self.sidebar.new_room
         self.middle = self._create_conversation(self.panes)
         self.people_pane = self._create_people(self.panes)

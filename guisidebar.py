@@ -31,11 +31,12 @@ class Sidebar(ttk.Frame):
     def __init__(self, master: tk.Misc, fonts: guitheme.Fonts, px: Callable[[float], int],
                  tooltip: Tooltip, choose: Callable[[str, str], None],
                  create_room: Callable[[str], None], autohide: Callable[..., None],
-                 done: Callable[[], None]) -> None:
+                 done: Callable[[], None], lock: tk.PhotoImage | None = None) -> None:
         super().__init__(master, style="Sidebar.TFrame",
                          padding=(px(8), px(12), px(4), px(10)))
         self.fonts, self.tooltip = fonts, tooltip
         self.choose, self.create_room, self.done = choose, create_room, done
+        self.lock = lock  # drawn before a private conversation's name
         self.title = tk.StringVar(self, "ROOMS")
         self.hint = tk.StringVar(self)
         self.stale = False
@@ -97,25 +98,24 @@ class Sidebar(ttk.Frame):
         tree = self.tree
         self.stale = stale
         self.title.set("ROOMS · offline, not up to date" if stale else "ROOMS")
-        wanted: list[tuple[str, str, tuple[str, ...], tuple[str, str]]] = []
+        wanted: list[tuple[str, str, tuple[str, ...], tuple[str, str], bool]] = []
         section = "room"
         for row in rows:
             if row.kind != section:
                 section = row.kind
-                wanted.append((f"h:{section}", SECTIONS[section], ("header",), ("", "")))
+                wanted.append((f"h:{section}", SECTIONS[section], ("header",), ("", ""), False))
             tags = (("current",) if row.current else ()) + (
                 ("mention",) if row.mentions else ("unread",) if row.unread else ()) + (
                 ("other",) if row.kind == "other" else ()) + (("stale",) if stale else ())
             people = "" if stale or not row.people else str(row.people)
-            mark = "🔒 " if row.kind == "private" else ""
-            wanted.append((_PREFIX[row.kind] + row.key, f"  {mark}{row.label}", tags,
-                           (row.badge, people)))
+            wanted.append((_PREFIX[row.kind] + row.key, f"  {row.label}", tags,
+                           (row.badge, people), row.kind == "private"))
         self.rows = {_PREFIX[row.kind] + row.key: row for row in rows}
         keep = {item for item, *_rest in wanted}
         for item in tree.get_children():
             if item not in keep:
                 tree.delete(item)
-        for index, (item, text, tags, values) in enumerate(wanted):
+        for index, (item, text, tags, values, locked) in enumerate(wanted):
             if tree.exists(item):
                 if (tree.item(item, "text"), tuple(tree.item(item, "tags") or ()),
                         tuple(str(v) for v in tree.item(item, "values"))) != (text, tags, values):
@@ -123,7 +123,8 @@ class Sidebar(ttk.Frame):
                 if tree.index(item) != index:
                     tree.move(item, "", index)
             else:
-                tree.insert("", index, iid=item, text=text, tags=tags, values=values)
+                image = {"image": self.lock} if locked and self.lock is not None else {}
+                tree.insert("", index, iid=item, text=text, tags=tags, values=values, **image)
         current = next((item for item, row in self.rows.items() if row.current), "")
         if current:
             if tree.selection() != (current,):
