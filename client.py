@@ -10,11 +10,12 @@ server's `welcome.limits` (pacing.py) by a sender thread with a bounded queue, e
 message carries a random `ref`, and any refusal (by the server, or locally: too long,
 queue full, key changed, offline) comes back as one `NotSent` event with the text.
 
-Private messages are sealed here with crypto.py: the recipient's key is fetched from the
-server, checked against the pin in known_keys.json (trust on first use), and a changed key
-stops all traffic with that user until `/trust <user>`, which accepts exactly the offered
-key that was shown (docs/SECURITY.md, "When a contact's key changes"). `/verify <user>`
-records that the user compared the fingerprint out of band; events say `verified`.
+Private messages are sealed and opened with privates.py (crypto.py underneath): the
+recipient's key is fetched from the server and checked by keytrust.py against the pin in
+known_keys.json (trust on first use); a changed key stops all traffic with that user until
+`/trust <user>`, which accepts exactly the offered key that was shown (docs/SECURITY.md,
+"When a contact's key changes"). `/verify <user>` records that the user compared the
+fingerprint out of band; events say `verified`.
 
 The terminal client lives in terminal.py; `main` here runs it (the `gapshape` command):
 
@@ -23,25 +24,25 @@ The terminal client lives in terminal.py; `main` here runs it (the `gapshape` co
 from __future__ import annotations
 
 import base64
-import collections
-import hashlib
 import logging
 import queue
 import secrets
 import socket
-import ssl
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import auth
 import crypto
+import handshake
 import identity
+import listings
 import pacing
+import privates
 import sanitize
 from commands import Command, CommandError, Say, manual_text, parse_line
+from conversations import ConversationKey, Conversations, mentions_me, unread_report
 from errors import ProtocolError
 from events import (
     Disconnected,
@@ -60,12 +61,18 @@ from events import (
     RoomList,
     RoomMessage,
     StatusChanged,
+    UnreadChanged,
     UserJoined,
     UserLeft,
     UserList,
     Welcome,
 )
-from protocol import MAX_SERVER_FRAME_SIZE, PROTOCOL_VERSION, Frame, FrameDecoder, encode_frame
+from handshake import LoginError, TlsSettings
+from keytrust import KeyTrust
+from listings import MAX_LISTED_ITEMS, Listings
+from outbox import MAX_UNCONFIRMED, Outbox, Outgoing
+from privates import PendingPrivate, largest_private_text, private_frame
+from protocol import MAX_SERVER_FRAME_SIZE, Frame, FrameDecoder
 
 log = logging.getLogger("gapshape.client")
 
@@ -79,53 +86,14 @@ __all__ = [
     "Welcome", "RoomMessage", "RoomJoined", "RoomLeft", "HistoryPage", "UserJoined",
     "UserLeft", "StatusChanged", "MemberList", "RoomList", "UserList", "PrivateMessage",
     "PrivateRejected", "KeyWarning", "Notice", "ErrorEvent", "NotSent", "Disconnected",
+    "UnreadChanged",
 ]
 
 
-# -- login, TLS, refs ---------------------------------------------------------------------
-
-class LoginError(Exception):
-    """Login failed: `code` is the server's error code (or a local one), message is for the user."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass
-class TlsSettings:
-    """How to check the server: a CA file, or else pin its certificate on first use."""
-
-    cafile: str | None = None
-    server_hostname: str | None = None
-
+# -- refs ---------------------------------------------------------------------------------
 
 #: The `bye` reason of a connection replaced by a newer login of the same user.
 REPLACED_REASON = "logged in elsewhere"
-
-
-def largest_private_text(max_frame: int, sender: str, recipient: str, ref: str,
-                         sender_key_bits: int, recipient_key_bits: int) -> int:
-    """The most plaintext bytes whose sealed `private` frame fits in `max_frame` bytes.
-
-    The frame is measured, not estimated: a template envelope with fields of the exact
-    lengths (wrapped key and signature as long as the two RSA moduli, 12-byte nonce,
-    16-byte tag, 32-digit id, 24-character time) and an empty ciphertext gives the
-    overhead; the ciphertext is as long as the plaintext (GCM) and grows by 4 base64
-    characters per 3 bytes.
-    """
-    template = crypto.Envelope(
-        crypto.ENVELOPE_VERSION, sender, recipient, "0" * 32, "2000-01-01T00:00:00.000Z",
-        bytes((recipient_key_bits + 7) // 8), bytes(crypto.NONCE_BYTES), b"",
-        bytes(crypto.TAG_BYTES), bytes((sender_key_bits + 7) // 8))
-    overhead = len(encode_frame(_private_frame(recipient, template, ref)))
-    room = max(0, max_frame - overhead)
-    return min(crypto.MAX_PLAINTEXT_BYTES, room // 4 * 3)
-
-
-def _private_frame(peer: str, envelope: crypto.Envelope, ref: str) -> dict[str, Any]:
-    return {"type": "private", "to": peer, "envelope": envelope.to_fields(), "ref": ref}
 
 
 def _new_ref() -> str:
@@ -134,61 +102,8 @@ def _new_ref() -> str:
     return secrets.token_hex(6)
 
 
-def _digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
-
-
 # -- the client ---------------------------------------------------------------------------
 
-@dataclass
-class _Outgoing:
-    """One frame on its way out. Messages (room or private) carry their text, so that a
-    refusal can say which message it was and give it back for resending."""
-
-    frame: dict[str, Any]
-    ref: str = ""
-    target: str = ""  # "#room" or the peer
-    text: str | None = None  # None: not a message (join, status, get_key, ...)
-
-    @property
-    def is_message(self) -> bool:
-        return self.text is not None
-
-
-@dataclass
-class _PendingPrivate:
-    peer: str
-    text: str
-    ref: str
-
-
-@dataclass
-class _Offer:
-    """A key the server offered for a contact that differs from the pin."""
-
-    der: bytes
-    fingerprint: str  # hex SHA-256, as pins store it
-    #: Another key was on offer before this one: /trust refuses once (the user may have
-    #: compared the earlier one) and shows this one in a new warning.
-    replaced_earlier: bool = False
-
-
-@dataclass
-class _PageFetch:
-    """A listing being collected page by page (`fetch_all`)."""
-
-    request: dict[str, Any]
-    items: list[Any] = field(default_factory=list)
-    pages: int = 0
-    last_cursor: str = ""
-
-
-#: Where listings stop being fetched page by page (a hostile server could page forever).
-MAX_LISTED_ITEMS = 50_000
-#: Refs of messages sent but not yet echoed or acknowledged that the client keeps.
-MAX_UNCONFIRMED = 2 * pacing.SEND_QUEUE_LIMIT
-
-_LISTING_ANSWERS = {"list": "members", "rooms": "rooms", "users": "users"}
 
 
 class ChatClient:
@@ -228,256 +143,77 @@ class ChatClient:
         self._sender: threading.Thread | None = None
         self._closing = False
         self._replaced = False
-        # Sending: every frame but pong goes through the pacer, in order.
-        self._pacer = pacing.Pacer(0, 1)
-        self._queue: pacing.SendQueue[_Outgoing] = pacing.SendQueue()
-        self._queue_cond = threading.Condition()
-        self._in_flight = False
-        self._offline = False  # the connection is gone: nothing more is accepted
-        self._unconfirmed: collections.OrderedDict[str, _Outgoing] = collections.OrderedDict()
+        # Sending: every frame but pong goes through the pacer, in order (outbox.py).
+        self._outbox = Outbox(self._emit)
+        self._send_lock = self._outbox.send_lock
+        self._submit = self._outbox.submit
+        self._confirmed = self._outbox.confirmed
+        self._refuse = self._outbox.refuse
         # Keys and trust.
-        self._peer_keys: dict[str, Any] = {}  # casefolded user -> key matching the pin
-        self._offers: dict[str, _Offer] = {}  # casefolded user -> changed key on offer
-        self._awaiting_key: dict[str, list[_PendingPrivate]] = {}
+        self.key_trust = KeyTrust(self.username, self.identity.public_der, self.known_keys,
+                                  self._emit)
+        self._awaiting_key: dict[str, list[PendingPrivate]] = {}
         self._key_refs: dict[str, str] = {}  # ref of a get_key -> casefolded user
-        self._fingerprint_requests: set[str] = set()  # users whose /fingerprint awaits a key
         self._oldest_seen: dict[str, int] = {}  # room -> oldest message id shown: /history
-        self._pages: dict[str, _PageFetch] = {}  # answer type -> listing being collected
+        self._listings = Listings()  # listings being collected page by page
+        # Conversations: unread counts, mentions, the current one (conversations.py).
+        self.conversations = Conversations(username)
+        self._last_unread: object = None  # what the last UnreadChanged said
 
     # -- connecting -----------------------------------------------------------------------
 
     def connect(self) -> Welcome:
-        """Connect and log in (blocking); then events flow from a reader thread."""
+        """Connect and log in (blocking; handshake.py); then events flow from a reader thread."""
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
-                sock = self._wrap_tls(sock)
-            self._sock = sock
-            welcome = self._login()
+                sock = handshake.wrap_tls(sock, self.tls, self.host, self.port, self.data_dir,
+                                          self._emit)
+            self._sock = self._outbox.sock = sock
+            frame, self.server_id = handshake.login(sock, self._decoder, self._write,
+                                                    self.identity, self.username, CLIENT_NAME)
         except BaseException:
             sock.close()
-            self._sock = None
+            self._sock = self._outbox.sock = None
             raise
+        self.username = self.key_trust.username = frame["user"]
+        self.conversations.rename_me(self.username)
+        self.room = frame["room"]
+        if self.room:  # before the joined frames: their unread counts for the other rooms
+            self.conversations.open(ConversationKey.room(self.room))
+        self.limits = pacing.Limits.from_welcome(frame.get("limits"))
+        self._outbox.pacer = pacing.Pacer(self.limits.rate, self.limits.burst)
         sock.settimeout(None)
         self._reader = threading.Thread(target=self._read_loop, name="gapshape-reader", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="gapshape-sender", daemon=True)
         self._reader.start()
         self._sender.start()
-        return welcome
-
-    def _wrap_tls(self, sock: socket.socket) -> ssl.SSLSocket:
-        settings = self.tls
-        assert settings is not None
-        hostname = settings.server_hostname or self.host
-        if settings.cafile:
-            context = ssl.create_default_context(cafile=settings.cafile)
-        else:  # no CA: trust on first use, like ssh, with the certificate pinned below
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            tls_sock = context.wrap_socket(sock, server_hostname=hostname)
-        except ssl.SSLCertVerificationError as exc:
-            raise LoginError("tls_verify_failed",
-                             f"the server's certificate could not be verified: {exc.verify_message}") from None
-        except (ssl.SSLError, OSError) as exc:
-            raise LoginError("tls_failed", f"TLS handshake failed: {exc}") from None
-        if not settings.cafile:
-            self._check_server_pin(tls_sock)
-        return tls_sock
-
-    def _check_server_pin(self, tls_sock: ssl.SSLSocket) -> None:
-        der = tls_sock.getpeercert(binary_form=True) or b""
-        fingerprint = hashlib.sha256(der).hexdigest()
-        servers = identity.known_servers(self.data_dir)
-        name = f"{self.host}:{self.port}"
-        check = servers.check(name, fingerprint)
-        if check.status is identity.PinStatus.NEW:
-            servers.pin(name, fingerprint)
-            self._emit(Notice(f"pinned the certificate of {name} (SHA-256 {fingerprint[:16]}...)", "tls"))
-        elif check.status is identity.PinStatus.MISMATCH:
-            raise LoginError(
-                "tls_pin_mismatch",
-                f"WARNING: the certificate of {name} has CHANGED (pinned {check.pinned_fingerprint}, now "
-                f"{fingerprint}). Someone may be intercepting the connection. Refusing to connect; "
-                f"if the server really changed its certificate, remove its line from "
-                f"{servers.path}.",
-            )
-
-    def _login(self) -> Welcome:
-        self._write({"type": "hello", "version": PROTOCOL_VERSION, "username": self.username,
-                     "public_key": base64.b64encode(self.identity.public_der).decode(),
-                     "client": CLIENT_NAME})
-        challenge = self._expect("challenge")
-        nonce = base64.b64decode(challenge["nonce"])
-        self.server_id = self._channel_id() or str(challenge.get("server_id", ""))
-        signature = auth.sign_login(self.identity.private_key, nonce, self.username, self.server_id)
-        self._write({"type": "auth", "signature": base64.b64encode(signature).decode()})
-        frame = self._expect("welcome")
-        self.username = frame["user"]
-        self.room = frame["room"]
-        self.limits = pacing.Limits.from_welcome(frame.get("limits"))
-        self._pacer = pacing.Pacer(self.limits.rate, self.limits.burst)
         return Welcome(frame["user"], frame["room"], frame["server_id"], frame["time"])
-
-    def _channel_id(self) -> str:
-        """Under TLS, the login proof is bound to the certificate we actually see, so a
-        server cannot pass it on to another server (see docs/SECURITY.md)."""
-        if not isinstance(self._sock, ssl.SSLSocket):
-            return ""
-        return hashlib.sha256(self._sock.getpeercert(binary_form=True) or b"").hexdigest()
-
-    def _expect(self, kind: str) -> Frame:
-        """Read frames during login until `kind`; an error frame becomes LoginError."""
-        assert self._sock is not None
-        while True:
-            try:
-                frame = self._decoder.next_frame()
-            except ProtocolError as exc:
-                raise LoginError("bad_frame", f"the server sent a bad frame: {exc}") from None
-            if frame is None:
-                try:
-                    data = self._sock.recv(65536)
-                except TimeoutError:
-                    raise LoginError("timeout", "the server did not answer in time") from None
-                if not data:
-                    raise LoginError("closed", "the server closed the connection")
-                self._decoder.receive_data(data)
-                continue
-            if frame["type"] == kind:
-                return frame
-            if frame["type"] == "error":
-                raise LoginError(str(frame.get("code")), str(frame.get("message")))
-            if frame["type"] == "ping":
-                self._write({"type": "pong", "data": frame.get("data", "")})
 
     # -- sending: the pacer and its queue ---------------------------------------------------
 
     def _write(self, frame: dict[str, Any]) -> None:
         """Write one frame now, bypassing the pacer (login frames and pong only)."""
-        data = encode_frame(frame)
-        sock = self._sock
-        if sock is None:
-            raise ConnectionError("not connected")
-        with self._send_lock:
-            sock.sendall(data)
-
-    def _submit(self, out: _Outgoing) -> bool:
-        """Send `out` now if the pacer allows and nothing waits before it, else queue it.
-
-        Returns False if it was refused; a refused message is reported as NotSent at once
-        (queue full, or offline: then ConnectionError is raised as well, so callers that
-        loop on sending learn the connection is gone)."""
-        with self._queue_cond:
-            if self._offline or self._sock is None:
-                self._refuse(out, "offline", "you are not connected")
-                raise ConnectionError("not connected")
-            if self._pacer.unlimited or (not len(self._queue) and not self._in_flight
-                                         and self._pacer.delay() == 0):
-                self._pacer.take()
-                self._track(out)
-                try:  # written under the queue's lock, so nothing can overtake it
-                    self._write(out.frame)
-                except OSError as exc:
-                    self._untrack(out)
-                    self._refuse(out, "offline", "the connection failed")
-                    raise ConnectionError(f"the connection failed: {exc}") from exc
-                return True
-            try:
-                self._queue.put(out)
-            except pacing.SendQueueFull as exc:
-                self._refuse(out, "queue_full", f"{exc}; wait a moment and send it again")
-                return False
-            self._queue_cond.notify_all()
-            return True
+        self._outbox.write(frame)
 
     def _send_loop(self) -> None:
-        """The sender thread: writes queued frames as the pacer's tokens come in."""
-        while True:
-            with self._queue_cond:
-                out = self._next_due()
-                if out is None:
-                    return
-                self._in_flight = True
-                self._track(out)
-            try:
-                self._write(out.frame)
-            except OSError:
-                if self._untrack(out):  # else the reader's shutdown reported it already
-                    self._refuse(out, "offline", "the connection failed before it was sent")
-                self._shut_down_sending(report_unconfirmed=False)  # echoes may still come in
-                return
-            finally:
-                with self._queue_cond:
-                    self._in_flight = False
-                    self._queue_cond.notify_all()
+        """The sender thread (outbox.py); once the connection is gone, private messages
+        still waiting for their recipients' keys are reported as well."""
+        self._outbox.run()
+        self._refuse_awaiting()
 
-    def _next_due(self) -> _Outgoing | None:
-        """Wait (lock held) until the first queued frame may go; None once offline."""
-        while not self._offline:
-            if not len(self._queue):
-                self._queue_cond.wait()
-                continue
-            delay = self._pacer.delay()
-            if delay > 0:
-                self._queue_cond.wait(delay)
-                continue
-            self._pacer.take()
-            return self._queue.pop()
-        return None
+    def _shut_down_sending(self) -> None:
+        self._outbox.shut_down()
+        self._refuse_awaiting()
 
-    def _shut_down_sending(self, report_unconfirmed: bool = True) -> None:
-        """The connection is gone: every message still queued is reported, and (once the
-        reader has seen the end, so no echo can follow) every one sent but unconfirmed."""
-        with self._queue_cond:
-            self._offline = True
-            waiting = self._queue.drain()
-            self._queue_cond.notify_all()
+    def _refuse_awaiting(self) -> None:
         with self._state_lock:
-            unconfirmed = list(self._unconfirmed.values()) if report_unconfirmed else []
-            if report_unconfirmed:
-                self._unconfirmed.clear()
             pending = [p for group in self._awaiting_key.values() for p in group]
             self._awaiting_key.clear()
-        for out in unconfirmed:
-            self._refuse(out, "unconfirmed", "the connection closed before the server "
-                         "confirmed it; it may not have been delivered")
-        for out in waiting:
-            self._refuse(out, "offline", "the connection closed before it was sent")
         for private in pending:
             self._refuse(self._private_out(private, None), "offline",
                          "the connection closed before it was sent")
-
-    def _track(self, out: _Outgoing) -> None:
-        """Remember a message until the server echoes, acknowledges or refuses it."""
-        if not out.is_message:
-            return
-        with self._state_lock:
-            self._unconfirmed[out.ref] = out
-            while len(self._unconfirmed) > MAX_UNCONFIRMED:
-                self._unconfirmed.popitem(last=False)  # the server never answered these
-
-    def _untrack(self, out: _Outgoing) -> bool:
-        """Forget a message that could not be written; False if it was not tracked
-        (not a message, or already reported)."""
-        if not out.is_message:
-            return True
-        with self._state_lock:
-            return self._unconfirmed.pop(out.ref, None) is not None
-
-    def _confirmed(self, ref: object) -> _Outgoing | None:
-        if not isinstance(ref, str):
-            return None
-        with self._state_lock:
-            return self._unconfirmed.pop(ref, None)
-
-    def _refuse(self, out: _Outgoing, code: str, reason: str) -> None:
-        """Report a message that was not sent, with its text; other frames need no word."""
-        if out.is_message:
-            self._emit(NotSent(code, reason, str(out.frame.get("type", "")), out.ref,
-                               out.target, out.text or ""))
 
     # -- what callers send ----------------------------------------------------------------
 
@@ -500,8 +236,14 @@ class ChatClient:
             self._emit(Notice(manual_text(), "manual"))
         elif name == "privatemsg":
             self.send_private(args[0], args[1])
+        elif name == "query":
+            self.query(args[0] if args else None)
+        elif name == "unread":
+            self._emit(Notice(unread_report(self.conversations.summaries()), "unread"))
         elif name == "join":
             self.join(args[0])
+        elif name == "leave" and not args and self.current and not self.current.is_room:
+            self.close_query()
         elif name == "leave":
             self.leave(args[0] if args else None)
         elif name == "history":
@@ -520,15 +262,33 @@ class ChatClient:
             self.verify(args[0], args[1] if len(args) > 1 else None)
         return True
 
+    @property
+    def current(self) -> ConversationKey | None:
+        """Where typed lines go: the current conversation, else the server's current room."""
+        current = self.conversations.current
+        return current or (ConversationKey.room(self.room) if self.room else None)
+
+    def _current_room(self) -> str:
+        current = self.conversations.current
+        return current.name if current is not None and current.is_room else self.room
+
     def say(self, text: str, room: str | None = None) -> str:
-        """Send a room message to `room`, or to the current room: the one joined last, as
-        the server sees it when the message arrives, so a line typed right after /join
-        goes to the new room. Returns its ref ("" if refused: a NotSent says why)."""
+        """Send `text` to `room`, or to the current conversation: a contact of /query gets
+        it as a private message (`send_private`); a room the user switched to with /query
+        gets it by name; else the server's current room, as it sees it when the message
+        arrives, so a line typed right after /join goes to the new room. Returns its ref
+        ("" if refused: a NotSent says why)."""
+        current = self.conversations.current
+        if room is None and current is not None:
+            if not current.is_room:
+                return self.send_private(current.name, text)
+            if current.name != self.room:
+                room = current.name
         ref = _new_ref()
         frame = {"type": "message", "text": text, "ref": ref}
         if room:
             frame["room"] = room
-        out = _Outgoing(frame, ref, room or self.room, text)
+        out = Outgoing(frame, ref, room or self.room, text)
         if len(text) > self.limits.max_text:
             self._refuse(out, "too_long", f"the message is {len(text)} characters; the "
                          f"maximum is {self.limits.max_text}")
@@ -536,15 +296,51 @@ class ChatClient:
         return out.ref if self._submit(out) else ""
 
     def join(self, room: str) -> None:
-        self._submit(_Outgoing({"type": "join", "room": room}))
+        """Join a room (or make one we are in current): until `joined` comes back, lines
+        typed go to the server's current room, which by then is this one."""
+        self.conversations.current = None
+        self._submit(Outgoing({"type": "join", "room": room}))
+
+    def close_query(self) -> None:
+        """Close the current private conversation (its counts go); back to the room."""
+        current = self.conversations.current
+        if current is not None and not current.is_room:
+            self.conversations.close(current)
+            if self.room:
+                self.query(None)
+            else:
+                self._conversations_changed()
+
+    def query(self, target: str | None = None) -> ConversationKey | None:
+        """Make a conversation current (/query): a contact ('bob' or '@bob'), so typed
+        lines go to them as private messages; a room ('#x'; joined first if we are not in
+        it, then `joined` makes it current); or, with no target, the server's current room."""
+        if target is None and not self.room:
+            raise CommandError("you are in no room; /join one or /query a contact")
+        key = ConversationKey.parse(target) if target else ConversationKey.room(self.room)
+        if not key.is_room and key.name.casefold() == self.username.casefold():
+            raise CommandError("you cannot have a private conversation with yourself")
+        if not key.name.lstrip("#"):
+            raise CommandError("usage: /query [user|#room]")
+        if key.is_room and not self.conversations.has(key):
+            self.join(key.name)
+            return None
+        key = self.conversations.open(key)
+        where = ("private messages to " + sanitize.inert(key.name) + " (end-to-end encrypted); "
+                 "/query alone goes back to " + sanitize.inert(self.room or "your room")
+                 if not key.is_room else sanitize.inert(key.name))
+        self._emit(Notice(f"now talking in {key.label}: lines you type go to {where}", "query",
+                          "" if key.is_room else key.name))
+        self._conversations_changed()
+        return key
 
     def leave(self, room: str | None = None) -> None:
         """Leave a room for good (the current one unless named)."""
-        self._submit(_Outgoing({"type": "leave", **({"room": room} if room else {})}))
+        self._submit(Outgoing({"type": "leave", **({"room": room} if room else {})}))
 
     def history(self, room: str | None = None, count: int = 20) -> None:
         """Ask for `count` messages before the oldest one seen in a room (a HistoryPage)."""
-        room = room or self.room
+        room = room or self._current_room()
         if not room:
             raise CommandError("you are in no room; /join one first")
         frame: dict[str, Any] = {"type": "history", "room": room, "limit": count}
@@ -552,31 +348,30 @@ class ChatClient:
             oldest = self._oldest_seen.get(room)
         if oldest is not None:
             frame["before"] = oldest
-        self._submit(_Outgoing(frame))
+        self._submit(Outgoing(frame))
 
     def set_status(self, status: str, note: str = "") -> None:
-        self._submit(_Outgoing({"type": "status", "status": status, "note": note}))
+        self._submit(Outgoing({"type": "status", "status": status, "note": note}))
 
     def request(self, kind: str) -> None:
         """Ask for one page of a listing: "rooms", "list" (my room) or "users"."""
-        self._submit(_Outgoing({"type": kind}))
+        self._submit(Outgoing({"type": kind}))
 
     def fetch_all(self, kind: str) -> None:
         """Ask for a whole listing ("list", "rooms" or "users"): the client fetches page
         after page (protocol 2) and emits one MemberList/RoomList/UserList when it has
         all of them. A server without pages answers in one piece, which is complete."""
         request: dict[str, Any] = {"type": kind}
-        if kind == "list" and self.room:
-            request["room"] = self.room
-        with self._state_lock:
-            self._pages[_LISTING_ANSWERS[kind]] = _PageFetch(request)
-        self._submit(_Outgoing({"type": kind}))
+        if kind == "list" and self._current_room():
+            request["room"] = self._current_room()
+        self._listings.start(request)
+        self._submit(Outgoing({"type": kind}))
 
     def quit(self) -> None:
         """Say goodbye after everything already queued has been sent."""
         self._closing = True
         try:
-            self._submit(_Outgoing({"type": "quit"}))
+            self._submit(Outgoing({"type": "quit"}))
         except OSError:
             pass
 
@@ -601,9 +396,8 @@ class ChatClient:
         """
         if peer.casefold() == self.username.casefold():
             raise CommandError("you cannot send a private message to yourself")
-        pending = _PendingPrivate(peer, text, _new_ref())
-        with self._state_lock:
-            key = self._peer_keys.get(peer.casefold())
+        pending = PendingPrivate(peer, text, _new_ref())
+        key = self.key_trust.key_for(peer)
         if not self._fits(pending, key):
             return ""
         if key is not None:
@@ -625,7 +419,7 @@ class ChatClient:
             return ""
         if first:  # otherwise the key is already on its way
             try:
-                self._submit(_Outgoing({"type": "get_key", "user": peer, "ref": key_ref}))
+                self._submit(Outgoing({"type": "get_key", "user": peer, "ref": key_ref}))
             except OSError:
                 with self._state_lock:
                     stranded = self._awaiting_key.pop(peer.casefold(), [])
@@ -635,7 +429,7 @@ class ChatClient:
                 raise
         return pending.ref
 
-    def _fits(self, pending: _PendingPrivate, key: Any | None) -> bool:
+    def _fits(self, pending: PendingPrivate, key: Any | None) -> bool:
         """Refuse (NotSent "too_long") a text whose sealed frame would exceed max_frame.
         Before the recipient's key is known, the largest key allowed is assumed."""
         size = len(pending.text.encode("utf-8", "replace"))
@@ -655,61 +449,24 @@ class ChatClient:
                      f"is {limit} bytes (UTF-8). Split it and send it again")
         return False
 
-    def _private_out(self, pending: _PendingPrivate, envelope: crypto.Envelope | None) -> _Outgoing:
-        frame = _private_frame(pending.peer, envelope, pending.ref) if envelope else {"type": "private"}
-        return _Outgoing(frame, pending.ref, pending.peer, pending.text)
+    def _private_out(self, pending: PendingPrivate, envelope: crypto.Envelope | None) -> Outgoing:
+        frame = private_frame(pending.peer, envelope, pending.ref) if envelope else {"type": "private"}
+        return Outgoing(frame, pending.ref, pending.peer, pending.text)
 
-    def _seal_and_send(self, pending: _PendingPrivate, peer_key: Any) -> None:
+    def _seal_and_send(self, pending: PendingPrivate, peer_key: Any) -> None:
         if not self._fits(pending, peer_key):
             return
-        envelope = crypto.seal(
-            pending.text.encode("utf-8", "replace"), sender=self.username,
-            recipient=pending.peer, sender_private_key=self.identity.private_key,
-            recipient_public_key=peer_key,
-        )
+        envelope = privates.seal(pending, self.identity, self.username, peer_key)
         self._submit(self._private_out(pending, envelope))
 
     # -- keys, pins and trust ---------------------------------------------------------------
-
-    def _accept_key(self, user: str, public_der: bytes) -> Any | None:
-        """The key to use for `user` (pinned on first use), or None if it differs from the
-        pin: then it is on offer for /trust and a KeyWarning is shown. Only for keys we
-        asked for (`key` frames answering our get_key)."""
-        key = auth.load_public_key(public_der)  # AuthError for unusable keys
-        fingerprint = auth.key_fingerprint(public_der)
-        check = self.known_keys.check(user, fingerprint)
-        if check.status is identity.PinStatus.MISMATCH:
-            self._offer(user, public_der, check.pinned_fingerprint or "")
-            return None
-        if check.status is identity.PinStatus.NEW:
-            self.known_keys.pin(user, fingerprint)
-        with self._state_lock:
-            self._peer_keys[user.casefold()] = key
-        return key
-
-    def _offer(self, user: str, public_der: bytes, pinned: str) -> None:
-        """Put a changed key on offer for /trust, and warn (once per distinct key)."""
-        fingerprint = auth.key_fingerprint(public_der)
-        with self._state_lock:
-            previous = self._offers.get(user.casefold())
-            self._peer_keys.pop(user.casefold(), None)
-            if previous is not None and previous.fingerprint == fingerprint:
-                return  # already on offer and shown
-            self._offers[user.casefold()] = _Offer(public_der, fingerprint, previous is not None)
-        self._emit(self._key_warning(user, pinned, fingerprint))
-
-    def _key_warning(self, user: str, pinned: str, offered: str) -> KeyWarning:
-        return KeyWarning(user, identity.readable_fingerprint_from_hex(pinned),
-                          identity.readable_fingerprint_from_hex(offered),
-                          identity.is_verified(self.known_keys.get(user)))
 
     def _on_key(self, frame: Frame) -> None:
         user = str(frame.get("user", ""))
         folded = user.casefold()
         with self._state_lock:
             waiting = self._awaiting_key.pop(folded, [])
-            showing = folded in self._fingerprint_requests
-            self._fingerprint_requests.discard(folded)
+            showing = self.key_trust.wants_fingerprint(user)
             for ref in [r for r, u in self._key_refs.items() if u == folded]:
                 del self._key_refs[ref]
         if not waiting and not showing:
@@ -717,8 +474,8 @@ class ChatClient:
             log.info("ignored a key for %r that was not asked for", user)
             return
         try:
-            key = self._accept_key(user, base64.b64decode(str(frame.get("public_key", "")),
-                                                          validate=True))
+            der = base64.b64decode(str(frame.get("public_key", "")), validate=True)
+            key = self.key_trust.accept_key(user, der)
         except (auth.AuthError, ValueError, identity.IdentityError) as exc:
             self._emit(ErrorEvent("bad_key", f"the server sent an unusable key for "
                                   f"{sanitize.inert(user)}: {exc}"))
@@ -727,7 +484,7 @@ class ChatClient:
                              "the server sent an unusable key for the recipient")
             return
         if showing:
-            self._emit(self._fingerprint_notice(user))
+            self._emit(self.key_trust.fingerprint_notice(user))
         for pending in waiting:
             if key is None:
                 self._refuse(self._private_out(pending, None), "key_changed",
@@ -739,125 +496,20 @@ class ChatClient:
                 except OSError:
                     return  # each message was reported as NotSent; the reader ends soon
 
-    def _pin_of(self, user: str) -> tuple[str, bool]:
-        """The readable fingerprint pinned for `user` ("" if none) and whether it is verified."""
-        pin = self.known_keys.get(user)
-        if pin is None:
-            return "", False
-        return identity.readable_fingerprint_from_hex(pin.fingerprint), identity.is_verified(pin)
-
     def show_fingerprint(self, user: str | None = None) -> None:
-        """Emit a Notice with our own fingerprint or a contact's.
-
-        While a key change is pending for `user`, the Notice shows the pinned and the
-        offered key (the one /trust would accept), from memory: nothing is fetched, so
-        what the user compares is exactly what /trust pins."""
-        if user is None or user.casefold() == self.username.casefold():
-            readable = auth.readable_fingerprint(self.identity.public_der)
-            self._emit(Notice(f"your key fingerprint: {readable}", "fingerprint"))
-            return
-        with self._state_lock:
-            offer = self._offers.get(user.casefold())
-            if offer is not None:
-                offer.replaced_earlier = False  # shown now: this is the one /trust takes
-            else:
-                self._fingerprint_requests.add(user.casefold())
-        if offer is not None:
-            self._emit(self._fingerprint_notice(user))
-            return
-        self._submit(_Outgoing({"type": "get_key", "user": user}))
-
-    def _fingerprint_notice(self, user: str) -> Notice:
-        name = sanitize.inert(user)
-        mine = auth.readable_fingerprint(self.identity.public_der)
-        pinned, verified = self._pin_of(user)
-        with self._state_lock:
-            offer = self._offers.get(user.casefold())
-        if offer is not None:
-            offered = identity.readable_fingerprint_from_hex(offer.fingerprint)
-            return Notice(f"{name}'s key has CHANGED and is not trusted. Pinned: {pinned}; "
-                          f"offered: {offered} (the key /trust {name} would accept); yours: "
-                          f"{mine}. Compare the offered one with {name} in person or by phone.",
-                          "fingerprint", user, False)
-        mark = ("verified by you" if verified else
-                f"not verified: after comparing, type /verify {name}")
-        return Notice(f"{name}'s key fingerprint: {pinned}; yours: {mine} (compare both with "
-                      f"{name} in person or by phone; {mark})", "fingerprint", user, verified)
+        """Emit a Notice with our own fingerprint or a contact's (keytrust.py); a contact's
+        key is fetched first unless a changed one is on offer."""
+        if self.key_trust.show_fingerprint(user):
+            assert user is not None
+            self._submit(Outgoing({"type": "get_key", "user": user}))
 
     def trust(self, user: str, fingerprint: str | None = None) -> None:
-        """Accept the changed key on offer for `user`: exactly the one last shown.
-
-        With `fingerprint` (the digits the user compared), only a key with those digits is
-        accepted. Without it, if the server offered yet another key after an earlier
-        warning, the first /trust is refused and the new key shown in a new warning."""
-        name = sanitize.inert(user)
-        with self._state_lock:
-            offer = self._offers.get(user.casefold())
-            refusal = self._trust_refusal(offer, fingerprint)
-            if offer is not None and refusal is None:
-                del self._offers[user.casefold()]
-            elif offer is not None:
-                offer.replaced_earlier = False  # the warning below shows it
-        if offer is None:
-            self._emit(Notice(f"no changed key is waiting for {name}; nothing to trust",
-                              "trust", user, self._pin_of(user)[1]))
-            return
-        if refusal is not None:
-            self._emit(ErrorEvent("trust_refused", f"{name}'s key was NOT trusted: {refusal}",
-                                  "trust"))
-            pin = self.known_keys.get(user)
-            self._emit(self._key_warning(user, pin.fingerprint if pin else "", offer.fingerprint))
-            return
-        key = auth.load_public_key(offer.der)
-        self.known_keys.replace(user, offer.fingerprint)
-        with self._state_lock:
-            self._peer_keys[user.casefold()] = key
-        self._emit(Notice(f"you now trust {name}'s new key: "
-                          f"{auth.readable_fingerprint(offer.der)} (not verified yet: after "
-                          f"comparing it, type /verify {name})", "trust", user, False))
-
-    @staticmethod
-    def _trust_refusal(offer: _Offer | None, fingerprint: str | None) -> str | None:
-        if offer is None:
-            return None
-        offered = _digits(identity.readable_fingerprint_from_hex(offer.fingerprint))
-        if fingerprint is not None:
-            if _digits(fingerprint) != offered:
-                return ("the fingerprint you typed is not the one on offer. Do not trust "
-                        "it until you find out why")
-            return None
-        if offer.replaced_earlier:
-            return ("the server offered yet another key since the warning you saw. Compare "
-                    "this one (below) and type /trust again")
-        return None
+        """Accept the changed key on offer for `user`: exactly the one shown (keytrust.py)."""
+        self.key_trust.trust(user, fingerprint)
 
     def verify(self, user: str, fingerprint: str | None = None) -> None:
-        """Record that the user compared `user`'s pinned fingerprint out of band.
-
-        With `fingerprint`, the digits must match the pinned key's. Refused while a key
-        change is pending (trust the new key first) or when nothing is pinned yet."""
-        name = sanitize.inert(user)
-        with self._state_lock:
-            pending = user.casefold() in self._offers
-        pin = self.known_keys.get(user)
-        if pending:
-            problem = f"{name}'s key has changed; compare the offered key, /trust {name}, then /verify"
-        elif pin is None:
-            problem = f"no key is pinned for {name} yet; type /fingerprint {name} first"
-        elif fingerprint is not None and _digits(fingerprint) != _digits(
-                identity.readable_fingerprint_from_hex(pin.fingerprint)):
-            problem = (f"the fingerprint you typed is not {name}'s pinned key "
-                       f"({identity.readable_fingerprint_from_hex(pin.fingerprint)}). Someone "
-                       "may be in the middle: do not verify")
-        else:
-            problem = None
-        if problem is not None or pin is None:
-            self._emit(ErrorEvent("verify_refused", f"not verified: {problem}", "verify"))
-            return
-        self.known_keys.mark_verified(user, pin.fingerprint)
-        readable = identity.readable_fingerprint_from_hex(pin.fingerprint)
-        self._emit(Notice(f"you verified {name}'s key {readable}; private messages with "
-                          f"{name} now show as verified", "verify", user, True))
+        """Record that `user`'s pinned fingerprint was compared out of band (keytrust.py)."""
+        self.key_trust.verify(user, fingerprint)
 
     # -- private messages: receiving --------------------------------------------------------
 
@@ -865,24 +517,26 @@ class ChatClient:
         out = self._confirmed(frame.get("ref"))
         if out is None:
             return
-        fingerprint, verified = self._pin_of(out.target)
-        self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
-                                  out.text or "", str(frame["time"]), True, fingerprint,
-                                  verified, out.ref))
+        fingerprint, verified = self.key_trust.pin_of(out.target)
+        self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+                                   out.text or "", str(frame["time"]), True, fingerprint,
+                                   verified, out.ref))
 
     def _on_private(self, frame: Frame) -> None:
         sender = str(frame.get("from", ""))
         now = str(frame.get("time", ""))
         try:
-            text, fingerprint = self._open_private(sender, frame)
-        except _Refused as refused:
+            text, fingerprint = privates.open_private(
+                frame, username=self.username, me=self.identity,
+                replay_guard=self.replay_guard, trust=self.key_trust)
+        except privates.Refused as refused:
             self._emit(PrivateRejected(sender, str(refused), now))
             self._acknowledge(frame)
             return
-        readable, verified = self._pin_of(sender)
-        self._emit(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
-                                  readable or identity.readable_fingerprint_from_hex(fingerprint),
-                                  verified))
+        readable, verified = self.key_trust.pin_of(sender)
+        self._shown(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
+                                   readable or identity.readable_fingerprint_from_hex(fingerprint),
+                                   verified))
         self._acknowledge(frame)
 
     def _acknowledge(self, frame: Frame) -> None:
@@ -890,59 +544,6 @@ class ChatClient:
         we have it; shown or refused (a replay, a bad signature), it will not get better."""
         if frame.get("queued") and isinstance(frame.get("id"), int):
             self._write({"type": "ack", "ids": [frame["id"]]})
-
-    def _open_private(self, sender: str, frame: Frame) -> tuple[str, str]:
-        """Check and open a private frame: (text, sender's hex fingerprint) or _Refused.
-
-        Order: strict parsing and addressing (no crypto), the replay guard (no RSA: a
-        replayed copy costs a lookup), the pin, the RSA signature and decryption, and only
-        after all succeeded: record the id and pin a first-seen key. A `from_key` that does
-        not verify is never pinned."""
-        try:
-            sender_der = base64.b64decode(str(frame.get("from_key", "")), validate=True)
-            envelope = crypto.Envelope.from_fields(frame.get("envelope"))
-            if envelope.sender.casefold() != sender.casefold():
-                raise crypto.DecryptionError("the envelope was written by someone else")
-            if envelope.recipient.casefold() != self.username.casefold():
-                raise crypto.DecryptionError("the message is addressed to someone else")
-            self.replay_guard.check(envelope.message_id, envelope.sent_at)
-            sender_key = auth.load_public_key(sender_der)
-        except (crypto.DecryptionError, auth.AuthError, ValueError) as exc:
-            raise _Refused(str(exc) or "the message failed verification") from None
-        fingerprint = auth.key_fingerprint(sender_der)
-        check = self.known_keys.check(sender, fingerprint)
-        if check.status is identity.PinStatus.MISMATCH:
-            self._offer_if_signed(sender, sender_der, sender_key, envelope,
-                                  check.pinned_fingerprint or "")
-            raise _Refused("the sender's key changed; message refused "
-                           f"(check it, then /trust {sanitize.inert(sender)})")
-        try:
-            plaintext = crypto.open_envelope(
-                envelope, recipient=self.username,
-                recipient_private_key=self.identity.private_key, sender_public_key=sender_key,
-                expected_sender=sender)
-            text = plaintext.decode("utf-8")
-            self.replay_guard.check_and_record(envelope.message_id, envelope.sent_at)
-        except (crypto.DecryptionError, UnicodeDecodeError) as exc:
-            raise _Refused(str(exc) or "the message failed verification") from None
-        if check.status is identity.PinStatus.NEW:
-            try:
-                self.known_keys.pin(sender, fingerprint)  # only now: it proved the key
-            except identity.IdentityError as exc:
-                raise _Refused(str(exc)) from None
-        with self._state_lock:
-            self._peer_keys[sender.casefold()] = sender_key
-        return text, fingerprint
-
-    def _offer_if_signed(self, sender: str, der: bytes, key: Any, envelope: crypto.Envelope,
-                         pinned: str) -> None:
-        """A changed key arriving with a message is put on offer only if that message is
-        really signed with it (one RSA public-key operation, no decryption)."""
-        try:
-            crypto.verify_signature(envelope, key)
-        except crypto.DecryptionError:
-            return
-        self._offer(sender, der, pinned)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -990,13 +591,44 @@ class ChatClient:
             return None
 
     def _on_left(self, frame: Frame) -> None:
+        left = ConversationKey.room(str(frame["room"]))
         self.room = str(frame.get("room_now", ""))
+        was_current = self.conversations.current == left
+        self.conversations.close(left)
+        if was_current and self.room:  # a query stays current; a room left is replaced
+            self.conversations.open(ConversationKey.room(self.room))
         self._emit(RoomLeft(str(frame["room"]), self.room, str(frame["time"])))
+        self._conversations_changed()
 
     def _on_history(self, frame: Frame) -> None:
         room = str(frame["room"])
         messages = tuple(self._room_message(m, True) for m in frame["messages"])
-        self._emit(HistoryPage(room, messages, bool(frame.get("more"))))
+        more = bool(frame.get("more"))
+        self._emit(HistoryPage(room, messages, more))
+        self.conversations.history_loaded(room, [m.id for m in messages], more)
+        self._conversations_changed()
+
+    def _shown(self, event: RoomMessage | PrivateMessage) -> None:
+        """Emit a message as it arrives, then count it in its conversation."""
+        self._emit(event)
+        if isinstance(event, RoomMessage):
+            key, sender, own = ConversationKey.room(event.room), event.user, event.own
+        else:
+            key, own = ConversationKey.private(event.peer), event.outgoing
+            sender = self.username if own else event.peer
+        self.conversations.note(key, sender=sender, text=event.text, message_id=event.id or None,
+                                own=own, history=False)
+        self._conversations_changed()
+
+    def _conversations_changed(self) -> None:
+        """Emit UnreadChanged if a count, a gap or the current conversation changed."""
+        summaries = tuple(self.conversations.summaries())
+        current = self.conversations.current
+        state = (current, [(s.key, s.unread, s.mentions, s.gap) for s in summaries])
+        with self._state_lock:
+            changed, self._last_unread = state != self._last_unread, state
+        if changed:
+            self._emit(UnreadChanged(summaries, current))
 
     def _note_oldest(self, room: str, message_id: int) -> None:
         """Remember the oldest message id seen in `room`: where /history goes on from."""
@@ -1011,10 +643,10 @@ class ChatClient:
         if kind == "private_queued":
             out = self._confirmed(frame.get("ref"))
             if out is not None:
-                fingerprint, verified = self._pin_of(out.target)
-                self._emit(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
-                                          out.text or "", str(frame["time"]), True,
-                                          fingerprint, verified, out.ref))
+                fingerprint, verified = self.key_trust.pin_of(out.target)
+                self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+                                           out.text or "", str(frame["time"]), True,
+                                           fingerprint, verified, out.ref))
             text = (f"{to} is offline: your private message waits on the server (sealed) "
                     "and will be delivered when they log in")
         elif kind == "private_delivered":
@@ -1033,36 +665,31 @@ class ChatClient:
                            out.ref if out else "")
 
     def _on_joined(self, frame: Frame) -> None:
-        self.room = frame["room"]
-        members = _members(frame["members"])
+        """At login (`last_seen` given) the history after last_seen is unread and a gap
+        before it is reported; a /join makes the room the current conversation."""
+        self.room = room = str(frame["room"])
+        members = listings.members(frame["members"])
         history = tuple(self._room_message(m, True) for m in frame["history"])
-        self._emit(RoomJoined(frame["room"], members, history,
-                              frame["time"], _count(frame.get("member_count"), len(members)),
-                              frame.get("members_next") is None))
+        last_seen = frame.get("last_seen")
+        last_seen = last_seen if isinstance(last_seen, int) and not isinstance(last_seen, bool) else None
+        ids = [m.id for m in history]
+        gap = self.conversations.joined(
+            room, last_seen=last_seen, history_ids=ids, newest_id=max(ids, default=None),
+            mention_ids=[m.id for m in history if not m.own and mentions_me(self.username, m.text)])
+        if last_seen is None:
+            self.conversations.open(ConversationKey.room(room))
+        self._emit(RoomJoined(room, members, history, str(frame["time"]),
+                              listings.count(frame.get("member_count"), len(members)),
+                              frame.get("members_next") is None, gap))
+        self._conversations_changed()
 
     def _on_listing(self, frame: Frame) -> None:
         """members/rooms/users: one page; collected into one event if fetch_all asked."""
-        kind = frame["type"]
-        items = _LISTING_ITEMS[kind](frame)
-        cursor = frame.get("next")
-        more = False
-        with self._state_lock:
-            fetch = self._pages.get(kind)
-            if fetch is not None:
-                fetch.items += items
-                fetch.pages += 1
-                more = (isinstance(cursor, str) and bool(cursor) and bool(items)
-                        and cursor != fetch.last_cursor and len(fetch.items) < MAX_LISTED_ITEMS)
-                if more:
-                    fetch.last_cursor = str(cursor)
-                    request = {**fetch.request, "after": cursor}
-                else:
-                    del self._pages[kind]
-                items = fetch.items
-        if more:
-            self._submit(_Outgoing(request))
-            return
-        self._emit(_LISTING_EVENTS[kind](frame, tuple(items), cursor is None))
+        request, event = self._listings.page(frame)
+        if request is not None:
+            self._submit(Outgoing(request))
+        if event is not None:
+            self._emit(event)
 
     def _on_bye(self, frame: Frame) -> str:
         self._closing = True
@@ -1087,35 +714,8 @@ class ChatClient:
             self._emit(ErrorEvent(code, message, request))
 
 
-class _Refused(Exception):
-    """An incoming private message was refused; the message says why."""
-
-
-def _count(value: object, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
-
-
-def _members(items: list[dict[str, Any]]) -> tuple[MemberInfo, ...]:
-    return tuple(MemberInfo(str(m["user"]), str(m["status"]), str(m.get("note", "")),
-                            str(m.get("room", ""))) for m in items)
-
-
-_LISTING_ITEMS: dict[str, Callable[[Frame], list[Any]]] = {
-    "members": lambda f: list(_members(f["members"])),
-    "rooms": lambda f: [(str(r["room"]), int(r["members"])) for r in f["rooms"]],
-    "users": lambda f: list(_members(f["users"])),
-}
-
-_LISTING_EVENTS: dict[str, Callable[[Frame, tuple[Any, ...], bool], Event]] = {
-    "members": lambda f, items, done: MemberList(str(f["room"]), items,
-                                                 _count(f.get("member_count"), len(items)), done),
-    "rooms": lambda f, items, done: RoomList(items, _count(f.get("room_count"), len(items)), done),
-    "users": lambda f, items, done: UserList(items, _count(f.get("user_count"), len(items)), done),
-}
-
-
 _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
-    "message": lambda c, f: c._emit(c._room_message(f, False)),
+    "message": lambda c, f: c._shown(c._room_message(f, False)),
     "joined": ChatClient._on_joined,
     "user_joined": lambda c, f: c._emit(UserJoined(f["room"], f["user"], f["status"],
                                                    f.get("note", ""), f["time"])),

@@ -27,14 +27,20 @@ class CommandSpec:
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("privatemsg", "<user> <message>",
                 "send an end-to-end encrypted private message", 2, 2, ("msg", "pm")),
+    CommandSpec("query", "[user|#room]", "make a conversation the current one: with a user, "
+                "every line you type goes to them as an end-to-end encrypted private message; "
+                "with a room, to that room; alone, back to your room (so does /join)", 0, 1),
     CommandSpec("join", "<room>", "join a room (creating it if it does not exist) and make it "
                 "the current one; you stay in your other rooms", 1, 1),
-    CommandSpec("leave", "[room]", "leave a room (the current one if none is named)", 0, 1,
+    CommandSpec("leave", "[room]", "leave a room (the current one if none is named); in a "
+                "/query, close the private conversation", 0, 1,
                 ("part",)),
     CommandSpec("history", "[n]", "show the n messages before the oldest one shown in the "
                 "current room (default 20, at most 100)", 0, 1),
+    CommandSpec("unread", "", "list the conversations with unread messages (* you were "
+                "mentioned; + more was said while you were away than the login showed)"),
     CommandSpec("rooms", "", "list the rooms and how many people are in each"),
-    CommandSpec("list", "", "list the people in your room and their status"),
+    CommandSpec("list", "", "list the people in the current room and their status"),
     CommandSpec("knowrooms", "", "list everyone online and the room they are in", aliases=("who",)),
     CommandSpec("status", "<online|away|dnd> [note]",
                 "set your status (dnd refuses private messages); aliases: afk, busy, "
@@ -112,8 +118,9 @@ def manual_text() -> str:
         aliases = f"  (also {', '.join('/' + a for a in spec.aliases)})" if spec.aliases else ""
         lines.append(f"{usage}{aliases}")
         lines.append(f"    {spec.summary}")
-    lines += ["", "Anything else you type is sent to your room. Start a message with // to "
-              "send a line that begins with /."]
+    lines += ["", "Anything else you type is sent to the current conversation: your room, "
+              "or the contact of /query (privately). Start a message with // to send a line "
+              "that begins with /."]
     return "\n".join(lines)
 
 
@@ -129,7 +136,7 @@ def complete(text: str, usernames: Sequence[str], rooms: Sequence[str] = ()) -> 
         prefix = word[1:].lower()
         return sorted(f"/{spec.name} " for spec in COMMANDS if spec.name.startswith(prefix))
     command = head.split(" ", 1)[0].lower() if head.startswith("/") else ""
-    if command == "/join":
+    if command == "/join" or (command == "/query" and word.startswith("#")):
         candidates = list(rooms)
     elif command == "/status" and " " not in head:
         candidates = list(STATUS_WORDS)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from conversations import ConversationKey, Gap, Summary
+
 
 @dataclass(frozen=True)
 class Event:
@@ -56,6 +58,9 @@ class RoomJoined(Event):
     time: str
     member_count: int = 0  # everyone in the room; `members` may be the first page only
     complete: bool = True  # False: ask `fetch_all("list")` for the rest
+    #: At login: more may have been said since the user was last here than `history`
+    #: shows; `history(count=...)` loads it (conversations.py). Show it, never hide it.
+    gap: Gap | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,19 @@ class NotSent(ErrorEvent):
     ref: str = ""
     target: str = ""
     text: str = ""
+
+
+@dataclass(frozen=True)
+class UnreadChanged(Event):
+    """The unread or mention counts, or the current conversation, changed: every
+    conversation (rooms first, then contacts) as `ChatClient.conversations` now has it."""
+
+    summaries: tuple[Summary, ...]
+    current: ConversationKey | None
+
+    @property
+    def total(self) -> int:
+        return sum(s.unread for s in self.summaries)
 
 
 @dataclass(frozen=True)

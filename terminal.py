@@ -7,9 +7,14 @@
     GAPSHAPE_PASSPHRASE in the environment unlocks a passphrase-protected key.
 
 Each stdin line is run by `ChatClient.execute` (client.py): text goes to the current
-room, /commands as commands.py parses them (/help lists them); end of input quits after
-every queued line has been sent. Each event is printed as `[HH:MM:SS] text` (`describe`),
-or with --json as one JSON object per line (`event_json`), for scripts.
+conversation (a room, or the contact of `/query`, privately), /commands as commands.py
+parses them (/help lists them); end of input quits after every queued line has been sent.
+Each event is printed as `[HH:MM:SS] text` (`describe`), or with --json as one JSON object
+per line (`event_json`), for scripts. Private lines are tagged `[@bob]` (from bob) or
+`[-> @bob]` (to bob). The status line (`status_line`) shows the current conversation and
+what is unread, `[#work] (3 unread: #common 2, @bob 1*)`: the prompt on a terminal, a line
+of its own when it changes otherwise. Joining a room prints its history, and before it a
+`---` line when more was said since the user was last here than that history shows.
 
 Everything printed goes through `sanitize.inert`: text from the network cannot forge
 lines or drive the terminal.
@@ -26,11 +31,13 @@ import threading
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 import identity
 import sanitize
 from client import ChatClient, LoginError, TlsSettings
 from commands import CommandError
+from conversations import Gap, gap_hint
 from events import (
     Disconnected,
     ErrorEvent,
@@ -48,6 +55,7 @@ from events import (
     RoomList,
     RoomMessage,
     StatusChanged,
+    UnreadChanged,
     UserJoined,
     UserLeft,
     UserList,
@@ -125,6 +133,8 @@ def _describe_private_or_local(event: Event) -> str:
         if event.outgoing:
             return f"{_private_mark(event.verified)} you -> {_s(event.peer)}: {_s(event.text)}"
         return f"{_private_mark(event.verified)} {_s(event.peer)} -> you: {_s(event.text)}"
+    if isinstance(event, UnreadChanged):
+        return status_line(event)
     if isinstance(event, PrivateRejected):
         return f"!! rejected a private message from {_s(event.peer)}: {_s(event.reason)}"
     if isinstance(event, KeyWarning):
@@ -152,9 +162,32 @@ def _describe_private_or_local(event: Event) -> str:
     return _s(repr(event))
 
 
+def status_line(event: UnreadChanged) -> str:
+    """'[#work] (3 unread: #common 2, @bob 1*)': the current conversation, then each
+    one with unread messages; '*' marks a mention, '+' a gap (see /unread)."""
+    where = f"[{_s(event.current.label)}]" if event.current else "[no conversation]"
+    unread = [f"{_s(s.key.label)} {s.unread}{'*' * bool(s.mentions)}{'+' * (s.gap is not None)}"
+              for s in event.summaries if s.unread or s.gap is not None]
+    if not unread:
+        return f"{where} (nothing unread)"
+    return f"{where} ({event.total} unread: {', '.join(unread)})"
+
+
+def gap_line(room: str, gap: Gap) -> str:
+    """Said before the history at login when more was missed than it shows: never hidden."""
+    return f"--- {_s(room)}: {gap_hint(gap)} in {_s(room)} ---"
+
+
 def describe_lines(event: Event) -> list[str]:
-    """The lines the terminal prints for an event: joining a room also shows its history."""
+    """The lines the terminal prints for an event: a private message is tagged with its
+    conversation (`[@bob]` from bob, `[-> @bob]` to bob); joining a room also shows its
+    history, after a line for the gap before it if more was said since the user was last
+    here."""
     lines = [describe(event)]
+    if isinstance(event, PrivateMessage):  # the conversation's tag, as a room line has its room
+        lines = [f"[{'-> ' if event.outgoing else ''}@{_s(event.peer)}] {lines[0]}"]
+    if isinstance(event, RoomJoined) and event.gap is not None:
+        lines.append(gap_line(event.room, event.gap))
     if isinstance(event, (RoomJoined, HistoryPage)):
         messages = event.history if isinstance(event, RoomJoined) else event.messages
         lines += [describe(message) for message in messages]
@@ -198,6 +231,40 @@ def make_streams_safe() -> None:
         sys.stdin.reconfigure(errors="replace")
 
 
+class Screen:
+    """Prints each event (`describe_lines`, or JSON) and keeps the status line: on a
+    terminal it is the prompt, redrawn after every event; into a pipe or a file it is
+    printed as a line of its own whenever it changes (never twice the same)."""
+
+    def __init__(self, out: TextIO, json_lines: bool, prompt: bool) -> None:
+        self.out, self.json_lines, self.prompt = out, json_lines, prompt
+        self.status = ""
+
+    def show(self, event: Event) -> None:
+        if self.json_lines:
+            print(event_json(event), file=self.out, flush=True)
+            return
+        if isinstance(event, UnreadChanged):
+            line = status_line(event)
+            if line == self.status:
+                return
+            self.status = line
+            if self.prompt:
+                self._draw_prompt()
+                return
+        if self.prompt:
+            self.out.write("\r\x1b[K")  # the prompt line makes room for the event
+        stamp = event_time(event)
+        for line in describe_lines(event):
+            print(f"[{stamp}] {line}", file=self.out)
+        self._draw_prompt()
+
+    def _draw_prompt(self) -> None:
+        if self.prompt and self.status:
+            self.out.write(f"\r\x1b[K{self.status} > ")
+        self.out.flush()
+
+
 def _type_lines(client: ChatClient) -> None:
     """Input thread: run each stdin line; end of input quits like /quit (after every line
     still queued has been sent)."""
@@ -218,13 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     make_streams_safe()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
-    def show(event: Event) -> None:
-        if args.json:
-            print(event_json(event), flush=True)
-            return
-        stamp = event_time(event)
-        for line in describe_lines(event):
-            print(f"[{stamp}] {line}", flush=True)
+    show = Screen(sys.stdout, args.json, sys.stdout.isatty()).show
 
     tls = TlsSettings(cafile=args.cafile) if (args.tls or args.cafile) else None
     try:
