@@ -113,6 +113,7 @@ from client import (
 )
 from client import NotSent as LibraryNotSent
 from commands import CommandError
+from conversations import ConversationKey, Conversations, Gap, mentions_me
 from rooms import COMMON_ROOM
 
 # Everything that was defined here before the split; the window, the tests and the tools
@@ -225,7 +226,6 @@ class ChatModel:
         self.connection = CONNECTING
         self.connection_detail = ""
         self.my_rooms: list[str] = []  # the rooms the user is in, in the order joined
-        self.contacts: dict[str, str] = {}  # folded name -> name, private conversations
         self._members: dict[str, dict[str, MemberInfo]] = {}  # room -> folded name -> info
         self.rooms: dict[str, int] = {}  # every room the server listed -> people online
         self.known_users: dict[str, str] = {}  # casefold -> name, for Tab completion
@@ -234,7 +234,9 @@ class ChatModel:
         self.unread = 0  # attention while the window was not focused (the title's count)
         self.logged_in_once = False
         self.scrollback = Scrollback(TRANSCRIPT_LIMIT)
-        self._unseen: dict[str, list[int]] = {}  # view -> [unread, mentions]
+        # Unread counts, mentions and gaps per conversation (conversations.py; bounded: 50
+        # rooms, 200 contacts), fed here on the Tk thread from the events the model applies.
+        self.conversations = Conversations(me)
         self._asked_joins: set[str] = set()  # rooms the user asked to go to
         self._transcripts: dict[str, collections.deque[Line]] = {}
         self._seen: dict[str, set[int]] = {}
@@ -250,6 +252,25 @@ class ChatModel:
 
     def transcript(self, view: str | None = None) -> list[Line]:
         return list(self._transcripts.get(self.view if view is None else view, ()))
+
+    @property
+    def contacts(self) -> dict[str, str]:
+        """Folded name -> name of every private conversation."""
+        return {s.key.name.casefold(): s.key.name for s in self.conversations.summaries()
+                if not s.key.is_room}
+
+    def _key(self, view: str) -> ConversationKey:
+        if view.startswith("@"):
+            return ConversationKey.private(self.contacts.get(view[1:], view[1:]))
+        return ConversationKey.room(view)
+
+    def _show(self, view: str) -> None:
+        """`view` is what the window shows now: the tracker's current conversation."""
+        self.view = view
+        if view:
+            self.conversations.open(self._key(view))
+        else:
+            self.conversations.current = None
 
     @property
     def peer(self) -> str:
@@ -278,8 +299,8 @@ class ChatModel:
 
     def unseen(self, view: str) -> tuple[int, int]:
         """(unread, mentions) of a view."""
-        counts = self._unseen.get(view, [0, 0])
-        return counts[0], counts[1]
+        key = self._key(view)
+        return self.conversations.unread(key), self.conversations.mentions(key)
 
     def sidebar_rows(self) -> list[SidebarRow]:
         """My rooms (#common first, then by name), my private contacts (by name), then the
@@ -363,11 +384,10 @@ class ChatModel:
         if view not in self.my_rooms and view[1:] not in self.contacts:
             return None
         self._asked_joins.clear()
-        self._unseen.pop(view, None)
         self._changes.rooms = self._changes.title = True
         if view != self.view:
-            self.view = view
             self._changes.redraw = self._changes.members = True
+        self._show(view)
         if not view.startswith("@"):
             self.wanted_room = view
             if view != self.room:
@@ -386,9 +406,11 @@ class ChatModel:
 
     def open_private(self, peer: str) -> str:
         """A private conversation with `peer`, listed in the sidebar (not shown yet)."""
-        self.contacts.setdefault(peer.casefold(), peer)
+        key = self.conversations.open(ConversationKey.private(peer))
+        current = self._key(self.view) if self.view else None
+        self.conversations.current = current  # listed, not shown: the window selects it
         self._changes.rooms = True
-        return private_key(peer)
+        return private_key(key.name)
 
     def asked_join(self, room: str) -> None:
         """The user asked to go to `room` (clicked it or typed /join): its `joined`
@@ -451,14 +473,14 @@ class ChatModel:
             self.note)
         self.me = welcome.user
         self.colours.me = welcome.user
+        self.conversations.rename_me(welcome.user)
         self.logged_in_once = True
         # Said where the user is looking (after a drop: where "Connection lost" was said).
         self._add(self._system_line("system", f"{'Reconnected' if again else 'Connected'} to "
                                               f"{where} as {welcome.user}."),
                   view=self.view or welcome.room)
         self.room = welcome.room
-        if not self.view.startswith("@"):
-            self.view = welcome.room
+        self._show(self.view if self.view.startswith("@") else welcome.room)
         self._asked_joins.clear()
         if restore.room:
             self._asked_joins.add(restore.room)
@@ -486,17 +508,15 @@ class ChatModel:
     def _on_room_message(self, event: RoomMessage) -> None:
         self.outbox.confirmed(event)
         self._attention(event)
-        if self._add(self._message_line(event), view=event.room) and not (
-                event.own or event.user.casefold() == self.me.casefold()):
-            self._count(event.room, self.me != "" and _mentions(event.text, self.me))
+        if self._add(self._message_line(event), view=event.room):
+            self._count(ConversationKey.room(event.room), event.user, event.text, event.id,
+                        event.own or event.user.casefold() == self.me.casefold())
 
-    def _count(self, view: str, mention: bool) -> None:
-        """One more unread line in a view that is not shown."""
-        if view == self.view:
-            return
-        counts = self._unseen.setdefault(view, [0, 0])
-        counts[0] += 1
-        counts[1] += int(mention)
+    def _count(self, key: ConversationKey, sender: str, text: str, message_id: int | None,
+               own: bool) -> None:
+        """A message shown in a conversation: unread there unless it is mine or shown."""
+        self.conversations.note(key, sender=sender, text=text, message_id=message_id,
+                                own=own, history=False)
         self._changes.rooms = True
 
     def _attention(self, event: Event) -> None:
@@ -510,45 +530,61 @@ class ChatModel:
         first = room not in self.my_rooms
         if first:
             self.my_rooms.append(room)
-        self.room = room
-        switching = room != self.view and (room in self._asked_joins or not self.view)
+        asked = room in self._asked_joins or not self.view
+        if asked:  # the answer to a join: the server's current room now (at login, the
+            self.room = room  # welcome said which one is)
+        switching = asked and room != self.view
         self._asked_joins.discard(room)
         self._members[room] = {m.user.casefold(): m for m in event.members}
         self.rooms[room] = max(event.member_count, len(event.members))
         for m in event.members:
             self._know(m.user)
         fresh = [m for m in event.history if m.id not in self._seen.get(room, set())]
-        last_seen = getattr(event, "last_seen", None)  # not passed on by every library
-        gap = self.scrollback.joined(room, [m.id for m in event.history], last_seen)
-        if gap is not None:
-            self._add(gap_line(room, gap), view=room)
+        gap = self._joined_gap(event)
+        if gap is not None and not any(line.kind == "gap" for line in self.transcript(room)):
+            self._add(gap_line(gap), view=room)
         if fresh:
             self._add(self._divider(f"earlier in {room}"), view=room)
             for message in fresh:
-                if self._add(self._message_line(message), view=room) and last_seen is not None \
-                        and message.id > last_seen and not message.own:
-                    self._count(room, bool(self.me) and _mentions(message.text, self.me))
+                self._add(self._message_line(message), view=room)
         others = [m.user for m in event.members if m.user.casefold() != self.me.casefold()]
         company = (f"with {', '.join(others[:8])}{' and others' if len(others) > 8 else ''}"
                    if others else "nobody else is here yet")
         if switching or fresh or first:
             self._add(self._divider(f"you joined {room} · {company}"), view=room)
         if switching:
-            self.view = self.wanted_room = room
-            self._unseen.pop(room, None)
+            self._show(room)
+            self.wanted_room = room
             self._changes.redraw = True
         self._changes.members = self._changes.rooms = self._changes.title = True
+
+    def _joined_gap(self, event: RoomJoined) -> Gap | None:
+        """Count the history of a login's `joined` as unread where it is newer than what
+        the user last saw, and find the gap before it. The library says `last_seen` (and
+        its own tracker's `gap`) when it has them."""
+        history = event.history
+        mention_ids = [m.id for m in history if not m.own and mentions_me(self.me, m.text)]
+        given: Gap | None = getattr(event, "gap", None)
+        last_seen: int | None = getattr(event, "last_seen", None)
+        if last_seen is None and given is not None:
+            last_seen = given.after_id  # a gap starts right after what the user last saw
+        gap = self.conversations.joined(
+            event.room, last_seen=last_seen,
+            history_ids=[m.id for m in history], newest_id=max((m.id for m in history),
+                                                              default=None),
+            mention_ids=mention_ids)
+        return gap or given
 
     def _on_room_left(self, event: RoomLeft) -> None:
         room = event.room
         if room in self.my_rooms:
             self.my_rooms.remove(room)
         self._members.pop(room, None)
-        self._unseen.pop(room, None)
+        self.conversations.close(ConversationKey.room(room))
         self.scrollback.forget(room)
         self.room = event.room_now
         if self.view == room:
-            self.view = event.room_now or (self.my_rooms[0] if self.my_rooms else "")
+            self._show(event.room_now or (self.my_rooms[0] if self.my_rooms else ""))
             self.wanted_room = self.view or COMMON_ROOM
             self._changes.redraw = self._changes.members = True
         self._add(self._system_line("system", f"You left {room}."))
@@ -560,8 +596,10 @@ class ChatModel:
         fresh = [m for m in event.messages if m.id not in seen]
         seen.update(m.id for m in fresh)
         shown = self._transcripts.setdefault(room, collections.deque(maxlen=TRANSCRIPT_LIMIT))
+        ids = [m.id for m in event.messages]
+        gap = self.conversations.history_loaded(room, ids, event.more)
         merged = self.scrollback.merge(room, list(shown), [self._message_line(m) for m in fresh],
-                                       [m.id for m in event.messages], event.more)
+                                       event.more, gap)
         shown.clear()
         shown.extend(merged)
         if room == self.view:
@@ -643,10 +681,12 @@ class ChatModel:
         self._know(event.peer)
         self.outbox.confirmed(event)
         self._attention(event)
-        view = self.open_private(event.peer)
-        if self._add(self._private_line(event), view=view) and not event.outgoing:
-            self._count(view, True)
-        elif event.outgoing and view != self.view:
+        key = ConversationKey.private(event.peer)
+        view = private_key(event.peer)
+        self._add(self._private_line(event), view=view)
+        self._count(key, self.me if event.outgoing else event.peer, event.text, None,
+                    event.outgoing)
+        if event.outgoing and view != self.view:
             # Typed as /privatemsg in another view: said where the user is looking too.
             self._add(self._system_line("system", f"Sent privately to {event.peer}: it is "
                                                   f"in the conversation with {event.peer}."))
