@@ -51,9 +51,8 @@ class Scrollback:
             self.loading = ""
         room_left = max(0, self.limit - len(shown) - 1)
         older = older[len(older) - room_left:] if room_left < len(older) else older
-        # Older messages go where the gap line is, else just above the oldest message.
-        at = next((i for i, line in enumerate(shown)
-                   if line.kind in _MARKERS or line.message_id is not None), len(shown))
+        # Older messages go where the gap line is, else above everything shown.
+        at = next((i for i, line in enumerate(shown) if line.kind in _MARKERS), 0)
         before = [line for line in shown[:at] if line.kind not in _MARKERS]
         after = [line for line in shown[at:] if line.kind not in _MARKERS]
         head = [gap_line(gap)] if gap is not None else []

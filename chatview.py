@@ -60,6 +60,7 @@ from chatsettings import (
     save_preferences,
     save_settings,
 )
+from chatsidebar import SidebarRow, neighbour, private_key, sidebar_rows
 from chattext import (
     NAME_PALETTE,
     OWN_COLOUR,
@@ -174,33 +175,6 @@ class Restore:
 CONNECTING, CONNECTED, RECONNECTING, OFFLINE = "connecting", "connected", "reconnecting", "offline"
 
 
-@dataclass(frozen=True)
-class SidebarRow:
-    """One entry of the sidebar: a room the user is in ("room"), a private contact
-    ("private") or a room of the server they are not in ("other"). `key` is what
-    `ChatModel.select` takes: the room's name, or "@" and the contact's folded name."""
-
-    key: str
-    kind: str
-    label: str
-    unread: int = 0
-    mentions: int = 0
-    current: bool = False
-    people: int = 0  # rooms: members online (from the last listing)
-    status: str = ""  # contacts: their status, when they share a room with the user
-
-    @property
-    def badge(self) -> str:
-        """'3' unread, '@2' when some of them mention the user, '' when all is read."""
-        if self.mentions:
-            return f"@{self.mentions}"
-        return str(self.unread) if self.unread else ""
-
-
-def private_key(peer: str) -> str:
-    return "@" + peer.casefold()
-
-
 class ChatModel:
     """The session the window displays; fed events, asked for changes.
 
@@ -303,23 +277,9 @@ class ChatModel:
         return self.conversations.unread(key), self.conversations.mentions(key)
 
     def sidebar_rows(self) -> list[SidebarRow]:
-        """My rooms (#common first, then by name), my private contacts (by name), then the
-        other rooms the server listed."""
-        rows = []
-        for name in sorted(self.my_rooms, key=lambda r: (r != COMMON_ROOM, r)):
-            unread, mentions = self.unseen(name)
-            rows.append(SidebarRow(name, "room", name, unread, mentions, name == self.view,
-                                   self.rooms.get(name, len(self._members.get(name, {})))))
-        for folded, name in sorted(self.contacts.items()):
-            key = private_key(name)
-            unread, mentions = self.unseen(key)
-            status = next((people[folded].status for people in self._members.values()
-                           if folded in people), "")
-            rows.append(SidebarRow(key, "private", tk_safe(name, astral=self.astral),
-                                   unread, mentions, key == self.view, status=status))
-        for name in sorted(set(self.rooms) - set(self.my_rooms), key=lambda r: (r != COMMON_ROOM, r)):
-            rows.append(SidebarRow(name, "other", name, people=self.rooms[name]))
-        return rows
+        """My rooms, my private contacts, then the other rooms the server listed."""
+        return sidebar_rows(self.my_rooms, self.contacts, self.unseen, self._members,
+                            self.rooms, self.view, self.astral)
 
     def member_rows(self) -> list[tuple[str, str, str]]:
         """(name, status, text) for the member list: me first, then by name."""
@@ -396,13 +356,9 @@ class ChatModel:
         return None
 
     def neighbour(self, step: int) -> str:
-        """The view `step` places away from the current one in the sidebar's order
-        (Ctrl+PageDown / Alt+Down: +1), wrapping around."""
-        keys = [row.key for row in self.sidebar_rows() if row.kind != "other"]
-        if not keys:
-            return ""
-        here = keys.index(self.view) if self.view in keys else -1
-        return keys[(here + step) % len(keys)]
+        """The view `step` places from the one shown in the sidebar's order (Ctrl+PageDown
+        and Alt+Down: +1), wrapping around."""
+        return neighbour(self.sidebar_rows(), self.view, step)
 
     def open_private(self, peer: str) -> str:
         """A private conversation with `peer`, listed in the sidebar (not shown yet)."""

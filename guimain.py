@@ -387,7 +387,7 @@ class MainView(ttk.Frame):
         """Append lines (or replace everything) and follow the end unless scrolled up;
         lines that arrive below the view are counted on the "new messages" button.
         `keep_place`: older lines came in above, so the line being read stays put."""
-        place = self._reading_place() if keep_place and not self.following else None
+        place = self._reading_place() if keep_place else None
         follow = (replace and place is None) or self.following
         self.text.configure(state="normal")
         if replace:
@@ -406,6 +406,7 @@ class MainView(ttk.Frame):
         self.search.refresh()
         if place is not None:
             self._restore_place(place)
+            self.following = chatview.should_autoscroll(self.text.yview()[1])
         elif follow:
             self.following = True
             self.text.see("end")

@@ -118,6 +118,9 @@ class Probe:
                 "unread": "unread" in tags, "current": "current" in tags,
                 "box": [main.rooms.winfo_rootx() + box[0], main.rooms.winfo_rooty() + box[1],
                         box[2], box[3]] if box else []})
+        gap = main.text.tag_ranges("gap-link")
+        box = main.text.bbox(gap[0]) if gap else None
+        shot["gap_box"] = self._text_box(main.text, box) if box else []
         shot["sidebar_view"] = [round(v, 4) for v in main.rooms.yview()]
         shot["loading_older"] = app.model.scrollback.loading
         shot["members"] = []
