@@ -114,14 +114,21 @@ from client import (
 )
 from client import NotSent as LibraryNotSent
 from commands import CommandError
-from conversations import ConversationKey, Conversations, Gap, mentions_me
+from conversations import (
+    CONTACT_CAP,
+    ROOM_CAP,
+    ConversationKey,
+    Conversations,
+    Gap,
+    mentions_me,
+)
 from rooms import COMMON_ROOM
 
 # Everything that was defined here before the split; the window, the tests and the tools
 # import these names from chatview.
 __all__ = [
     "CONNECTED", "CONNECTING", "OFFLINE", "RECONNECTING",
-    "HISTORY_PAGE", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
+    "HISTORY_PAGE", "MAX_VIEWS", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
     "DEFAULT_PORT", "InputAction", "InputHistory", "KeyWarning", "Line", "LoginRequest",
     "NAME_PALETTE", "NOTE_SHOWN", "NOTIFICATION_CHARS", "NameColours", "NotSent", "OWN_COLOUR",
     "Outbox", "PREFERENCES_FILE", "Pending", "Preferences", "Progress", "REPLACEMENT", "Restore",
@@ -134,7 +141,10 @@ __all__ = [
     "tk_can_show_astral", "tk_safe", "wants_attention", "warning_text", "window_title",
 ]
 
-TRANSCRIPT_LIMIT = 2000  # lines kept per room
+TRANSCRIPT_LIMIT = 2000  # lines kept per room or private conversation
+#: Transcripts kept at most: every room and contact the tracker keeps, the view shown and
+#: the one for lines said before any room (conversations.py's caps, plus two).
+MAX_VIEWS = ROOM_CAP + CONTACT_CAP + 2
 NOTE_SHOWN = 24  # characters of a status note shown in the member list
 STATUS_COLOURS = {"online": "#2e9e4f", "away": "#e0a100", "dnd": "#d93025"}
 
@@ -761,6 +771,8 @@ class ChatModel:
         """Append to a view's transcript (the visible one unless `view` says otherwise);
         False if that message is already there."""
         target = view or self.view or ""
+        if target not in self._transcripts and len(self._transcripts) >= MAX_VIEWS:
+            self._forget_views()
         lines = self._transcripts.setdefault(target, collections.deque(maxlen=TRANSCRIPT_LIMIT))
         if line.message_id is not None:
             seen = self._seen.setdefault(target, set())
@@ -774,6 +786,15 @@ class ChatModel:
         if target == (self.view or ""):
             self._changes.lines.append(line)
         return True
+
+    def _forget_views(self) -> None:
+        """Drop the transcripts of conversations the tracker no longer keeps (it holds at
+        most ROOM_CAP rooms and CONTACT_CAP contacts), so MAX_VIEWS bounds them."""
+        kept = {self.view, ""} | {s.key.name if s.key.is_room else private_key(s.key.name)
+                                  for s in self.conversations.summaries()}
+        for view in [v for v in self._transcripts if v not in kept]:
+            del self._transcripts[view]
+            self._seen.pop(view, None)
 
     def _know(self, user: str) -> None:
         if user:

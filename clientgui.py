@@ -405,6 +405,8 @@ class App:
             self.open_manual()
         elif action.kind == "quit":
             self.close()
+        elif action.command == "query":
+            self._query(action.line)
         else:
             self.model.expect_listing(action.command)
             how, where, text = self.model.route(action.line)
@@ -641,6 +643,25 @@ class App:
         self.choose_view(self.model.open_private(name), "private")
         if self.main is not None:
             self.main.input.focus_set()
+
+    def _query(self, line: str) -> None:
+        """/query bob, /query #room, /query: what the sidebar does, typed (the window's
+        views are its conversations; the library's own current one is left alone)."""
+        parsed = chatview.commands.parse_line(line)
+        target = parsed.args[0] if isinstance(parsed, chatview.commands.Command) and \
+            parsed.args else ""
+        if not target:
+            if self.model.room:
+                self.choose_view(self.model.room, "room")
+        elif target.startswith("#"):
+            try:
+                self.join_room(chatview.check_room_name(target))
+            except ValueError as exc:
+                self.model.say("error", str(exc))
+        elif target.lstrip("@").casefold() == self.model.me.casefold():
+            self.model.say("error", "You cannot have a private conversation with yourself.")
+        else:
+            self.open_private(target.lstrip("@"))
 
     def load_older(self) -> None:
         """The transcript is at its top: ask for the room's older messages (one page at a

@@ -203,3 +203,14 @@ def test_the_sidebar_lists_the_servers_other_rooms_after_mine() -> None:
     rows = model.sidebar_rows()
     assert [(r.key, r.kind, r.people) for r in rows] == [("#common", "room", 2),
                                                          ("#games", "other", 4)]
+
+
+def test_private_conversations_are_bounded_with_their_transcripts() -> None:
+    model = model_in("#common")
+    for number in range(chatview.MAX_VIEWS + 40):
+        model.apply(private(f"hello {number}", f"user{number}", id=1000 + number))
+    assert len(model.contacts) <= 200
+    assert len(model._transcripts) <= chatview.MAX_VIEWS
+    newest = f"user{chatview.MAX_VIEWS + 39}"
+    assert "hello" in model.transcript(f"@{newest}")[-1].text  # the latest ones are kept
+    assert model.transcript("#common")  # and the room shown

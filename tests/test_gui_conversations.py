@@ -85,6 +85,11 @@ def test_rooms_and_a_private_conversation_from_the_sidebar(
     gui.key("alt+Down")
     gui.wait(lambda s: s["view"] == "#common" and "sure, after lunch" not in s["conversation"],
              "Alt+Down to #common")
+    # /query does what the sidebar does, typed.
+    gui.say("/query bob")
+    gui.wait(lambda s: s["view"] == "@bob" and entry(s, "bob")["current"], "/query bob")
+    gui.say("/query #design")
+    gui.wait(lambda s: s["view"] == "#design", "/query #design")
     gui.say("/quit")
     assert gui.exit_code() == 0
 
