@@ -190,8 +190,8 @@ class MainView(ttk.Frame):
         self.members.bind("<Motion>", self._member_hover)
         self.members.bind("<Leave>", lambda _e: self.tooltip.hide())
         self.member_names: list[str] = []
-        self.people_hint = ttk.Label(people, text="Double-click a name to send an encrypted "
-                                     "private message.", style="Hint.TLabel", justify="left",
+        self.people_hint = ttk.Label(people, text="Double-click a name for an encrypted "
+                                     "private conversation.", style="Hint.TLabel", justify="left",
                                      wraplength=self.px(150))
         self.people_hint.grid(row=2, column=0, columnspan=2, sticky="we", padx=4, pady=(8, 0))
         people.bind("<Configure>", lambda e: self.people_hint.configure(
