@@ -596,12 +596,14 @@ class ChatModel:
 
     def _on_status(self, event: StatusChanged) -> None:
         mine = event.user.casefold() == self.me.casefold()
-        for people in self._members.values():
-            member = people.get(event.user.casefold())
+        folded = event.user.casefold()
+        where = [private_key(event.user)] if folded in self.contacts else []
+        for room, people in self._members.items():
+            member = people.get(folded)
             if member is not None:
-                people[event.user.casefold()] = MemberInfo(member.user, event.status,
-                                                           event.note, member.room)
+                people[folded] = MemberInfo(member.user, event.status, event.note, member.room)
                 self._changes.members = self._changes.rooms = True
+                where.append(room)
         if mine:
             self.status, self.note = event.status, event.note
             self._changes.status = self._changes.title = True
@@ -612,7 +614,10 @@ class ChatModel:
                         else "does not want to be disturbed")}.get(event.status,
                                                                     f"is {event.status}")
         note = f": {event.note}" if event.note else ""
-        self._add(self._event_line("system", event.time, f"• {who} {verb}{note}"))
+        # Said in every room the person shares with the user and in their private view;
+        # the user's own change where the user is looking.
+        for view in ([self.view] if mine or not where else where):
+            self._add(self._event_line("system", event.time, f"• {who} {verb}{note}"), view=view)
 
     def _on_member_list(self, event: MemberList) -> None:
         if event.room in self.my_rooms or event.room == self.room:

@@ -16,6 +16,7 @@ from client import (
     RoomLeft,
     RoomList,
     RoomMessage,
+    StatusChanged,
     UserJoined,
     Welcome,
 )
@@ -214,3 +215,15 @@ def test_private_conversations_are_bounded_with_their_transcripts() -> None:
     newest = f"user{chatview.MAX_VIEWS + 39}"
     assert "hello" in model.transcript(f"@{newest}")[-1].text  # the latest ones are kept
     assert model.transcript("#common")  # and the room shown
+
+
+def test_a_status_change_is_said_where_that_person_is() -> None:
+    model = model_in("#common", "#design")
+    model.apply(joined("#design", ("alice", "carol")))
+    model.apply(private("hi", "carol"))
+    model.take_changes()
+    model.apply(StatusChanged("carol", "away", "lunch", STAMP))
+    assert not model.take_changes().lines  # not in #common, where carol is not
+    for view in ("#design", "@carol"):
+        assert model.transcript(view)[-1].text.endswith("• carol is away: lunch")
+    assert not any("carol is away" in line.text for line in model.transcript("#common"))
