@@ -13,7 +13,8 @@ The model merges each `HistoryPage` with `merge`: messages it already shows are 
 from __future__ import annotations
 
 from chattext import Line, Span
-from conversations import Gap
+from client import RoomJoined
+from conversations import Conversations, Gap, mentions_me
 
 #: Messages asked for per scroll to the top (the protocol allows 1 to 100).
 PAGE = 50
@@ -77,3 +78,19 @@ def gap_line(gap: Gap) -> Line:
 
 def beginning_line(room: str) -> Line:
     return Line("beginning", (Span(f"── the beginning of {room} ──"),))
+
+
+def joined_gap(conversations: Conversations, event: RoomJoined, me: str) -> Gap | None:
+    """Tell the tracker about a room's `joined`: at login its history newer than what the
+    user last saw is unread; returns the gap before that history, if any. The library
+    passes `last_seen` (and its own tracker's `gap`) when it has them."""
+    history = event.history
+    given: Gap | None = getattr(event, "gap", None)
+    last_seen: int | None = getattr(event, "last_seen", None)
+    if last_seen is None and given is not None:
+        last_seen = given.after_id  # a gap starts right after what the user last saw
+    gap = conversations.joined(
+        event.room, last_seen=last_seen, history_ids=[m.id for m in history],
+        newest_id=max((m.id for m in history), default=None),
+        mention_ids=[m.id for m in history if not m.own and mentions_me(me, m.text)])
+    return gap or given

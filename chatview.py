@@ -42,7 +42,7 @@ from chatlink import (
 )
 from chatoutbox import Outbox, Pending
 from chatscrollback import PAGE as HISTORY_PAGE
-from chatscrollback import Scrollback, gap_line
+from chatscrollback import Scrollback, gap_line, joined_gap
 from chatsettings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -119,8 +119,6 @@ from conversations import (
     ROOM_CAP,
     ConversationKey,
     Conversations,
-    Gap,
-    mentions_me,
 )
 from rooms import COMMON_ROOM
 
@@ -506,7 +504,7 @@ class ChatModel:
         for m in event.members:
             self._know(m.user)
         fresh = [m for m in event.history if m.id not in self._seen.get(room, set())]
-        gap = self._joined_gap(event)
+        gap = joined_gap(self.conversations, event, self.me)
         if gap is not None and not any(line.kind == "gap" for line in self.transcript(room)):
             self._add(gap_line(gap), view=room)
         if fresh:
@@ -523,23 +521,6 @@ class ChatModel:
             self.wanted_room = room
             self._changes.redraw = True
         self._changes.members = self._changes.rooms = self._changes.title = True
-
-    def _joined_gap(self, event: RoomJoined) -> Gap | None:
-        """Count the history of a login's `joined` as unread where it is newer than what
-        the user last saw, and find the gap before it. The library says `last_seen` (and
-        its own tracker's `gap`) when it has them."""
-        history = event.history
-        mention_ids = [m.id for m in history if not m.own and mentions_me(self.me, m.text)]
-        given: Gap | None = getattr(event, "gap", None)
-        last_seen: int | None = getattr(event, "last_seen", None)
-        if last_seen is None and given is not None:
-            last_seen = given.after_id  # a gap starts right after what the user last saw
-        gap = self.conversations.joined(
-            event.room, last_seen=last_seen,
-            history_ids=[m.id for m in history], newest_id=max((m.id for m in history),
-                                                              default=None),
-            mention_ids=mention_ids)
-        return gap or given
 
     def _on_room_left(self, event: RoomLeft) -> None:
         room = event.room

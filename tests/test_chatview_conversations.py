@@ -227,3 +227,16 @@ def test_a_status_change_is_said_where_that_person_is() -> None:
     for view in ("#design", "@carol"):
         assert model.transcript(view)[-1].text.endswith("• carol is away: lunch")
     assert not any("carol is away" in line.text for line in model.transcript("#common"))
+
+
+def test_what_was_said_since_last_time_in_another_room_is_unread_at_login() -> None:
+    model = ChatModel(now=lambda: NOW)
+    model.logged_in(Welcome("alice", "#common", "srv", STAMP), "h:1")
+    model.apply(joined("#common"))
+    history = tuple(message(f"h{n}" + (" alice?" if n == 105 else ""), id=n, room="#design",
+                            history=True) for n in range(100, 110))
+    model.apply(joined("#design", history=history, gap=Gap("#design", 20, 100)))
+    assert model.view == "#common"  # the login's joined frames do not move the view
+    design = row(model, "#design")
+    assert (design.unread, design.mentions, design.badge) == (10, 1, "@1")
+    assert row(model, "#common").unread == 0
