@@ -106,35 +106,40 @@ def test_scrolling_to_the_top_loads_older_messages_and_a_gap_is_shown(
     gui.say("/quit")  # alice has seen it: the server remembers where she left off
     assert gui.exit_code() == 0
 
-    for number in range(80):
-        bob.say(f"backlog {number:02d}")
-    bob.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.text == "backlog 79")
+    for number in range(130):
+        bob.say(f"backlog {number:03d}")
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomMessage) and e.text == "backlog 129")
 
     again = launch()  # the remembered login
     state = log_in(again)
-    assert "backlog 79" in state["conversation"] and "backlog 69" not in state["conversation"]
+    assert "backlog 129" in state["conversation"] and "backlog 119" not in state["conversation"]
     state = again.wait(lambda s: s["gap_box"] and "since you were last here — load"
                        in s["conversation"], "the gap line")
     top = state["top_line"]
 
     # A click on the gap line loads the newest part of it, above what was shown.
     again.click(state["gap_box"])
-    state = again.wait(lambda s: "backlog 20" in s["conversation"], "the first older page")
-    assert "backlog 19" not in state["conversation"]
+    state = again.wait(lambda s: "backlog 070" in s["conversation"], "the first older page")
+    assert "backlog 069" not in state["conversation"]
     assert "since you were last here — load" in state["conversation"]  # some are left
     assert state["top_line"] == top  # what the person was reading did not move
 
-    # Ctrl+Home: to the top, and the rest of the room, down to its beginning.
+    # Ctrl+Home: to the top, and the next page above it.
     again.key("ctrl+Home")
+    state = again.wait(lambda s: "backlog 020" in s["conversation"], "the page Ctrl+Home asked for")
+    assert "backlog 019" not in state["conversation"]
+    # The mouse wheel up to the top: the rest of the room, down to its beginning.
+    box = state["boxes"]["conversation"]
+    again.xdo("mousemove", str(box[0] + box[2] // 2), str(box[1] + box[3] // 2),
+              "click", "--repeat", "60", "--delay", "15", "4")
     state = again.wait(lambda s: "the beginning of #common" in s["conversation"],
                        "the beginning of the room")
     assert "since you were last here" not in state["conversation"]  # the gap is closed
     shown = state["conversation"]
     assert shown.count("before the backlog") == 1
     lines = [line for line in shown.splitlines() if "bob  backlog " in line]
-    assert [line.rsplit(" ", 1)[-1] for line in lines] == [f"{n:02d}" for n in range(80)]
+    assert [line.rsplit(" ", 1)[-1] for line in lines] == [f"{n:03d}" for n in range(130)]
     # Nothing more to ask for: the mouse wheel at the top asks nothing.
-    box = state["boxes"]["conversation"]
     again.xdo("mousemove", str(box[0] + box[2] // 2), str(box[1] + box[3] // 2),
               "click", "--repeat", "3", "--delay", "30", "4")
     state = again.wait(lambda s: s["conversation_view"][0] == 0.0, "the view at the top")
