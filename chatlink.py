@@ -108,6 +108,14 @@ class ClientLink:
     def join(self, room: str) -> None:
         self._work.put(lambda: self._call(lambda c: c.join(room)))
 
+    def say(self, text: str, room: str, line: str) -> None:
+        """A message to `room` by name (`line` is what was typed, for a refusal)."""
+        self._work.put(lambda: self._call(lambda c: c.say(text, room), line=line))
+
+    def history(self, room: str, count: int) -> None:
+        """Older messages of `room`: a HistoryPage (or an error) comes back."""
+        self._work.put(lambda: self._call(lambda c: c.history(room, count), quiet=True))
+
     def set_status(self, status: str, note: str = "") -> None:
         self._work.put(lambda: self._call(lambda c: c.set_status(status, note)))
 

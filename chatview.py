@@ -24,8 +24,6 @@ a display. Every name below is importable from chatview (see `__all__`):
 from __future__ import annotations
 
 import collections
-import random
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -42,6 +40,9 @@ from chatlink import (
     ServerReachable,
     batch,
 )
+from chatoutbox import Outbox, Pending
+from chatscrollback import PAGE as HISTORY_PAGE
+from chatscrollback import Scrollback, gap_line, joined_gap
 from chatsettings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -59,6 +60,7 @@ from chatsettings import (
     save_preferences,
     save_settings,
 )
+from chatsidebar import SidebarRow, neighbour, private_key, sidebar_rows
 from chattext import (
     NAME_PALETTE,
     OWN_COLOUR,
@@ -71,13 +73,29 @@ from chattext import (
     format_time,
     has_rtl,
     join_surrogates,
-    server_time,
     tk_can_show_astral,
     tk_safe,
+)
+from chatwindow import (
+    NOTIFICATION_CHARS,
+    STATUS_LABELS,
+    Backoff,
+    _mentions,
+    find_links,
+    full_time,
+    group_hex,
+    notification_text,
+    should_autoscroll,
+    status_word,
+    system_theme,
+    wants_attention,
+    warning_text,
+    window_title,
 )
 from client import (
     ErrorEvent,
     Event,
+    HistoryPage,
     KeyWarning,
     MemberInfo,
     MemberList,
@@ -85,6 +103,7 @@ from client import (
     PrivateMessage,
     PrivateRejected,
     RoomJoined,
+    RoomLeft,
     RoomList,
     RoomMessage,
     StatusChanged,
@@ -95,17 +114,23 @@ from client import (
 )
 from client import NotSent as LibraryNotSent
 from commands import CommandError
-from rooms import COMMON_ROOM, STATUS_ALIASES
+from conversations import (
+    CONTACT_CAP,
+    ROOM_CAP,
+    ConversationKey,
+    Conversations,
+)
+from rooms import COMMON_ROOM
 
 # Everything that was defined here before the split; the window, the tests and the tools
 # import these names from chatview.
 __all__ = [
     "CONNECTED", "CONNECTING", "OFFLINE", "RECONNECTING",
-    "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
+    "HISTORY_PAGE", "MAX_VIEWS", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
     "DEFAULT_PORT", "InputAction", "InputHistory", "KeyWarning", "Line", "LoginRequest",
     "NAME_PALETTE", "NOTE_SHOWN", "NOTIFICATION_CHARS", "NameColours", "NotSent", "OWN_COLOUR",
     "Outbox", "PREFERENCES_FILE", "Pending", "Preferences", "Progress", "REPLACEMENT", "Restore",
-    "SETTINGS_FILE", "STATUS_COLOURS", "STATUS_LABELS", "ServerProbe", "ServerReachable",
+    "SETTINGS_FILE", "STATUS_COLOURS", "STATUS_LABELS", "SidebarRow", "ServerProbe", "ServerReachable",
     "Settings", "Span", "THEMES", "TRANSCRIPT_LIMIT", "TabCompleter", "batch", "bidi_display",
     "check_login", "check_room_name", "colour_tag", "find_links", "format_time", "full_time",
     "group_hex", "has_rtl", "interpret_input", "join_surrogates", "load_preferences",
@@ -114,207 +139,12 @@ __all__ = [
     "tk_can_show_astral", "tk_safe", "wants_attention", "warning_text", "window_title",
 ]
 
-TRANSCRIPT_LIMIT = 2000  # lines kept per room
+TRANSCRIPT_LIMIT = 2000  # lines kept per room or private conversation
+#: Transcripts kept at most: every room and contact the tracker keeps, the view shown and
+#: the one for lines said before any room (conversations.py's caps, plus two).
+MAX_VIEWS = ROOM_CAP + CONTACT_CAP + 2
 NOTE_SHOWN = 24  # characters of a status note shown in the member list
-STATUS_LABELS = {"online": "online", "away": "away", "dnd": "do not disturb"}
 STATUS_COLOURS = {"online": "#2e9e4f", "away": "#e0a100", "dnd": "#d93025"}
-
-
-# -- reconnecting, title, attention -------------------------------------------------------
-
-class Backoff:
-    """Reconnect delays: `first`, doubling up to `limit`, each spread by +-`jitter` so that
-    many clients dropped at once do not return in step. `reset()` after a success.
-
-    The limit is short (2 s) because a person waits for the window, not a daemon: a
-    refused connection costs the server next to nothing, and the window also probes the
-    port (`ServerProbe`) so it comes back as soon as the server does."""
-
-    def __init__(self, first: float = 0.5, factor: float = 2.0, limit: float = 2.0,
-                 jitter: float = 0.2, rng: Callable[[], float] = random.random) -> None:
-        self.first, self.factor, self.limit, self.jitter, self.rng = first, factor, limit, jitter, rng
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        base = min(self.limit, self.first * self.factor ** self.attempts)
-        self.attempts += 1
-        spread = base * self.jitter * (2 * self.rng() - 1)
-        return max(0.1, min(self.limit, base + spread))
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
-def window_title(user: str, room: str, connection: str, unread: int = 0) -> str:
-    """'alice in #common · connected — Gapshape', marked '(2) ' for unseen private messages."""
-    mark = f"({unread}) " if unread else ""
-    if not user:
-        return f"{mark}Gapshape — Log in"
-    where = f"{user} in {room}" if room else user
-    return f"{mark}{where} · {connection} — Gapshape"
-
-
-def wants_attention(event: Event, *, focused: bool, own_status: str, me: str = "") -> bool:
-    """Ring the bell, mark the title and notify the desktop? For a private message, or a
-    room message that mentions `me`, that arrives while the window is not focused, unless
-    one's own status is do-not-disturb."""
-    if focused or own_status == "dnd":
-        return False
-    if isinstance(event, PrivateMessage):
-        return not event.outgoing
-    if isinstance(event, RoomMessage):
-        return (bool(me) and not event.own and not event.history
-                and event.user.casefold() != me.casefold() and _mentions(event.text, me))
-    return False
-
-
-NOTIFICATION_CHARS = 200  # of a message's text shown in a desktop notification
-
-
-def notification_text(event: Event) -> tuple[str, str]:
-    """(title, body) of the desktop notification for an event that wants attention."""
-    if isinstance(event, PrivateMessage):
-        title = f"{event.peer} (private message)"
-    elif isinstance(event, RoomMessage):
-        title = f"{event.user} in {event.room}"
-    else:
-        return "Gapshape", ""
-    text = " ".join(event.text.split())
-    if len(text) > NOTIFICATION_CHARS:
-        text = text[:NOTIFICATION_CHARS - 1] + "…"
-    return title, text
-
-
-def should_autoscroll(view_bottom: float) -> bool:
-    """Follow new lines only if the user has not scrolled up (`view_bottom` from yview)."""
-    return view_bottom >= 0.999
-
-
-def full_time(stamp: str) -> str:
-    """'Sunday 29 November 2026, 20:40:05' in local time, for the tooltip over a time."""
-    local = server_time(stamp)
-    if local is None:
-        return ""
-    return f"{local.strftime('%A')} {local.day} {local.strftime('%B %Y, %H:%M:%S')}"
-
-
-_LINK = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
-
-
-def find_links(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, url) of each web link in `text`; trailing punctuation is not part of
-    it, and 'www.x' opens as 'https://www.x'. Only http and https are ever opened."""
-    found = []
-    for match in _LINK.finditer(text):
-        start, url = match.start(), match.group(0)
-        while url and url[-1] in ".,;:!?)]}'":
-            if url[-1] == ")" and url.count("(") >= url.count(")"):
-                break  # a bracket that belongs to the link, as in wiki/Tk_(toolkit)
-            url = url[:-1]
-        if len(url) <= 4:
-            continue
-        target = url if url.lower().startswith("http") else "https://" + url
-        found.append((start, start + len(url), target))
-    return found
-
-
-def system_theme(gtk_theme: str = "", color_scheme: str = "", apple_style: str = "") -> str:
-    """'dark' or 'light' from what the desktop says: GNOME's color-scheme
-    ('prefer-dark'), a GTK theme name ending in '-dark', or macOS's AppleInterfaceStyle
-    ('Dark'). Light when nothing says otherwise."""
-    hints = (color_scheme.strip("'\" \n").lower(), gtk_theme.strip("'\" \n").lower(),
-             apple_style.strip().lower())
-    if hints[0] == "prefer-dark" or hints[1].endswith(("-dark", ":dark")) or hints[2] == "dark":
-        return "dark"
-    return "light"
-
-
-
-# -- what was sent and not (yet) confirmed -----------------------------------------------
-
-@dataclass(frozen=True)
-class Pending:
-    """A typed line the client sent and the server has not echoed yet."""
-
-    line: str
-    kind: str  # "message" or "private"
-    peer: str
-    text: str
-    sent_at: float
-
-
-class Outbox:
-    """Typed messages waiting for the server's echo, so a refusal can give the person
-    their text back instead of losing it.
-
-    The server echoes a room message to its sender and answers a private message with
-    `private_sent`; a refusal is an `error` whose `request` names the frame type (and, on
-    newer servers, whose `ref` names the frame; the client library does not pass that on
-    yet, so the oldest waiting line of that kind is the one refused: frames are answered
-    in order). Bounded: at most `limit` lines, each forgotten after `patience` seconds."""
-
-    def __init__(self, limit: int = 50, patience: float = 30.0,
-                 clock: Callable[[], float] | None = None) -> None:
-        import time as _time
-        self.limit, self.patience = limit, patience
-        self._clock = clock or _time.monotonic
-        self._waiting: collections.deque[Pending] = collections.deque()
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def sent(self, line: str) -> None:
-        try:
-            parsed = commands.parse_line(line)
-        except CommandError:
-            return
-        if isinstance(parsed, commands.Say):
-            self._keep(Pending(line, "message", "", parsed.text, self._clock()))
-        elif isinstance(parsed, commands.Command) and parsed.name == "privatemsg":
-            self._keep(Pending(line, "private", parsed.args[0], parsed.args[1], self._clock()))
-
-    def _keep(self, pending: Pending) -> None:
-        self._expire()
-        self._waiting.append(pending)
-        while len(self._waiting) > self.limit:
-            self._waiting.popleft()
-
-    def _expire(self) -> None:
-        now = self._clock()
-        while self._waiting and now - self._waiting[0].sent_at > self.patience:
-            self._waiting.popleft()
-
-    def confirmed(self, event: Event) -> None:
-        """The server's echo of one of our lines arrived: it was sent."""
-        if isinstance(event, RoomMessage) and event.own and not event.history:
-            self._remove(lambda p: p.kind == "message" and p.text == event.text)
-        elif isinstance(event, PrivateMessage) and event.outgoing:
-            self._remove(lambda p: (p.kind == "private" and p.text == event.text
-                                    and p.peer.casefold() == event.peer.casefold()))
-
-    def refused(self, event: ErrorEvent) -> Pending | None:
-        """The line this error refused (None: the error was about something else)."""
-        line = getattr(event, "line", "")
-        if line:
-            return self._remove(lambda p: p.line == line) or Pending(line, "", "", "", 0.0)
-        kind = {"message": "message", "private": "private", "get_key": "private"}.get(
-            event.request)
-        if kind is None:
-            return None
-        self._expire()
-        text = getattr(event, "text", "")  # the library's NotSent names the text it refused
-        if text:
-            found = self._remove(lambda p: p.kind == kind and p.text == text)
-            if found is not None:
-                return found
-        return self._remove(lambda p: p.kind == kind)
-
-    def _remove(self, match: Callable[[Pending], bool]) -> Pending | None:
-        for pending in self._waiting:
-            if match(pending):
-                self._waiting.remove(pending)
-                return pending
-        return None
 
 
 # -- the session as the window sees it ----------------------------------------------------
@@ -334,6 +164,7 @@ class Changes:
     connection: bool = False
     bell: bool = False
     manual: bool = False
+    keep_place: bool = False  # with redraw: older lines came in above; keep the reading place
     unsent: list[tuple[str, str]] = field(default_factory=list)  # (typed line, why)
     notify: list[tuple[str, str]] = field(default_factory=list)  # (title, body)
 
@@ -355,9 +186,12 @@ CONNECTING, CONNECTED, RECONNECTING, OFFLINE = "connecting", "connected", "recon
 class ChatModel:
     """The session the window displays; fed events, asked for changes.
 
-    It remembers what should survive a reconnect (`wanted_room`, `status`, `note`) and
-    keeps one transcript per room, so switching rooms shows what was said there before;
-    history a room sends on joining is deduplicated by message id.
+    The window shows one *view* at a time (`view`): a room the user is in, or a private
+    conversation with one contact ("@" + folded name). Each view keeps its own transcript;
+    a view that is not shown counts what arrives as unread (and mentions of the user's
+    name), which the sidebar shows as badges. It remembers what should survive a
+    reconnect (`wanted_room`, `status`, `note`); history a room sends on joining, and
+    older pages loaded by scrolling back, are deduplicated by message id.
     """
 
     def __init__(self, me: str = "", *, astral: bool = False,
@@ -366,20 +200,26 @@ class ChatModel:
         self.astral = astral
         self._now = now or (lambda: datetime.now().astimezone())
         self.colours = NameColours(me)
-        self.room = ""
+        self.room = ""  # the server's current room: the one joined last
+        self.view = ""  # what the window shows: a room, or "@" + a contact's folded name
         self.wanted_room = COMMON_ROOM
         self.status = "online"
         self.note = ""
         self.connection = CONNECTING
         self.connection_detail = ""
-        self.members: dict[str, MemberInfo] = {}
-        self.rooms: dict[str, int] = {}
+        self.my_rooms: list[str] = []  # the rooms the user is in, in the order joined
+        self._members: dict[str, dict[str, MemberInfo]] = {}  # room -> folded name -> info
+        self.rooms: dict[str, int] = {}  # every room the server listed -> people online
         self.known_users: dict[str, str] = {}  # casefold -> name, for Tab completion
         self.key_warnings: dict[str, KeyWarning] = {}
         self.focused = True
-        self.unread = 0
+        self.unread = 0  # attention while the window was not focused (the title's count)
         self.logged_in_once = False
-        self._announce_join = False
+        self.scrollback = Scrollback(TRANSCRIPT_LIMIT)
+        # Unread counts, mentions and gaps per conversation (conversations.py; bounded: 50
+        # rooms, 200 contacts), fed here on the Tk thread from the events the model applies.
+        self.conversations = Conversations(me)
+        self._asked_joins: set[str] = set()  # rooms the user asked to go to
         self._transcripts: dict[str, collections.deque[Line]] = {}
         self._seen: dict[str, set[int]] = {}
         self._shown_requests: collections.Counter[str] = collections.Counter()
@@ -392,11 +232,62 @@ class ChatModel:
         changes, self._changes = self._changes, Changes()
         return changes
 
-    def transcript(self, room: str | None = None) -> list[Line]:
-        return list(self._transcripts.get(self.room if room is None else room, ()))
+    def transcript(self, view: str | None = None) -> list[Line]:
+        return list(self._transcripts.get(self.view if view is None else view, ()))
+
+    @property
+    def contacts(self) -> dict[str, str]:
+        """Folded name -> name of every private conversation."""
+        return {s.key.name.casefold(): s.key.name for s in self.conversations.summaries()
+                if not s.key.is_room}
+
+    def _key(self, view: str) -> ConversationKey:
+        if view.startswith("@"):
+            return ConversationKey.private(self.contacts.get(view[1:], view[1:]))
+        return ConversationKey.room(view)
+
+    def _show(self, view: str) -> None:
+        """`view` is what the window shows now: the tracker's current conversation."""
+        self.view = view
+        if view:
+            self.conversations.open(self._key(view))
+        else:
+            self.conversations.current = None
+
+    @property
+    def peer(self) -> str:
+        """The contact of the private view shown ("" when a room is shown)."""
+        return self.contacts.get(self.view[1:], self.view[1:]) if self.view.startswith("@") else ""
+
+    @property
+    def members(self) -> dict[str, MemberInfo]:
+        """Who is in the view: a room's members online, or me and the contact."""
+        if not self.view.startswith("@"):
+            return self._members.get(self.view, {})
+        found: dict[str, MemberInfo] = {}
+        for people in self._members.values():
+            for key in (self.me.casefold(), self.view[1:]):
+                if key in people:
+                    found[key] = people[key]
+        return found
 
     def title(self) -> str:
-        return window_title(self.me, self.room, self.connection, self.unread)
+        where = f"private with {self.peer}" if self.peer else self.view
+        return window_title(self.me, where, self.connection, self.unread)
+
+    def view_title(self) -> str:
+        """The header above the conversation."""
+        return tk_safe(self.peer, astral=self.astral) if self.peer else self.view
+
+    def unseen(self, view: str) -> tuple[int, int]:
+        """(unread, mentions) of a view."""
+        key = self._key(view)
+        return self.conversations.unread(key), self.conversations.mentions(key)
+
+    def sidebar_rows(self) -> list[SidebarRow]:
+        """My rooms, my private contacts, then the other rooms the server listed."""
+        return sidebar_rows(self.my_rooms, self.contacts, self.unseen, self._members,
+                            self.rooms, self.view, self.astral)
 
     def member_rows(self) -> list[tuple[str, str, str]]:
         """(name, status, text) for the member list: me first, then by name."""
@@ -423,21 +314,78 @@ class ChatModel:
         return ""
 
     def room_rows(self) -> list[tuple[str, int, bool]]:
-        """(room, members, is the current room), #common first, then by name."""
+        """(room, members, is the current view), #common first, then by name."""
         rooms = dict(self.rooms)
-        if self.room:
-            rooms.setdefault(self.room, len(self.members))
+        for room in self.my_rooms:
+            rooms.setdefault(room, len(self._members.get(room, {})))
         names = sorted(rooms, key=lambda r: (r != COMMON_ROOM, r))
-        return [(name, rooms[name], name == self.room) for name in names]
+        return [(name, rooms[name], name == self.view) for name in names]
 
     def usernames(self) -> list[str]:
-        """Names for Tab completion: the room's members and anyone seen, not me."""
+        """Names for Tab completion: the room's members, contacts and anyone seen, not me."""
         names = {m.user.casefold(): m.user for m in self.members.values()}
         names.update(self.known_users)
+        names.update(self.contacts)
         names.pop(self.me.casefold(), None)
         return sorted(names.values(), key=str.lower)
 
+    def route(self, line: str) -> tuple[str, str, str]:
+        """Where a typed line goes: ("say", room, text) for a message in a room view (sent
+        to that room by name), else ("execute", line, ""), a private view's message turned
+        into the /privatemsg to its contact that the library sends."""
+        try:
+            parsed = commands.parse_line(line)
+        except CommandError:
+            return "execute", line, ""
+        if not isinstance(parsed, commands.Say):
+            return "execute", line, ""
+        if self.peer:
+            return "execute", f"/privatemsg {self.peer} {parsed.text}", ""
+        return ("say", self.view, parsed.text) if self.view else ("execute", line, "")
+
     # -- told by the window ---------------------------------------------------------------
+
+    def select(self, view: str) -> str | None:
+        """Show `view` (a room of mine or "@contact"); its unread count is cleared.
+        Returns the room to make current on the server (so /leave, /list and /history
+        mean the room shown), or None."""
+        if view not in self.my_rooms and view[1:] not in self.contacts:
+            return None
+        self._asked_joins.clear()
+        self._changes.rooms = self._changes.title = True
+        if view != self.view:
+            self._changes.redraw = self._changes.members = True
+        self._show(view)
+        if not view.startswith("@"):
+            self.wanted_room = view
+            if view != self.room:
+                self._asked_joins.add(view)
+                return view
+        return None
+
+    def neighbour(self, step: int) -> str:
+        """The view `step` places from the one shown in the sidebar's order (Ctrl+PageDown
+        and Alt+Down: +1), wrapping around."""
+        return neighbour(self.sidebar_rows(), self.view, step)
+
+    def open_private(self, peer: str) -> str:
+        """A private conversation with `peer`, listed in the sidebar (not shown yet)."""
+        key = self.conversations.open(ConversationKey.private(peer))
+        current = self._key(self.view) if self.view else None
+        self.conversations.current = current  # listed, not shown: the window selects it
+        self._changes.rooms = True
+        return private_key(key.name)
+
+    def asked_join(self, room: str) -> None:
+        """The user asked to go to `room` (clicked it or typed /join): its `joined`
+        answer shows it. The `joined` frames of a login do not move the view."""
+        self._asked_joins.add(room)
+
+    def want_older(self) -> str:
+        """The room whose older messages to ask for now ("" for none): see Scrollback."""
+        room = self.view
+        held = len(self._transcripts.get(room, ()))
+        return room if room in self.my_rooms and self.scrollback.want(room, held) else ""
 
     def set_focus(self, focused: bool) -> None:
         self.focused = focused
@@ -464,6 +412,19 @@ class ChatModel:
         if self.key_warnings.pop(user.casefold(), None) is not None:
             self._changes.banner = True
 
+    def sent(self, line: str) -> None:
+        """The window handed a typed line to the link (see `Outbox`)."""
+        self.outbox.sent(line)
+        try:
+            parsed = commands.parse_line(line)
+        except CommandError:
+            return
+        if isinstance(parsed, commands.Command) and parsed.name == "join":
+            try:
+                self._asked_joins.add(check_room_name(parsed.args[0]))
+            except ValueError:
+                pass
+
     # -- events ---------------------------------------------------------------------------
 
     def logged_in(self, welcome: Welcome, where: str) -> Restore:
@@ -476,14 +437,19 @@ class ChatModel:
             self.note)
         self.me = welcome.user
         self.colours.me = welcome.user
+        self.conversations.rename_me(welcome.user)
         self.logged_in_once = True
         # Said where the user is looking (after a drop: where "Connection lost" was said).
         self._add(self._system_line("system", f"{'Reconnected' if again else 'Connected'} to "
                                               f"{where} as {welcome.user}."),
-                  room=self.room or welcome.room)
+                  view=self.view or welcome.room)
         self.room = welcome.room
-        self._announce_join = True
-        self.members.clear()
+        self._show(self.view if self.view.startswith("@") else welcome.room)
+        self._asked_joins.clear()
+        if restore.room:
+            self._asked_joins.add(restore.room)
+        self._members.clear()
+        self.scrollback.settled()
         self.set_connection(CONNECTED)
         self._changes.redraw = self._changes.members = self._changes.rooms = True
         return restore
@@ -491,7 +457,8 @@ class ChatModel:
     def connection_lost(self, reason: str, retry_in: float | None) -> None:
         state = RECONNECTING if retry_in is not None else OFFLINE
         self.set_connection(state, f"Connection lost: {reason}.")
-        self.members.clear()
+        self._members.clear()
+        self.scrollback.settled()
         self._changes.members = True
         later = f" Trying again in {retry_in:.0f} s." if retry_in is not None else ""
         self._add(self._system_line("error", f"Connection lost: {reason}.{later}"))
@@ -505,7 +472,16 @@ class ChatModel:
     def _on_room_message(self, event: RoomMessage) -> None:
         self.outbox.confirmed(event)
         self._attention(event)
-        self._add(self._message_line(event), room=event.room)
+        if self._add(self._message_line(event), view=event.room):
+            self._count(ConversationKey.room(event.room), event.user, event.text, event.id,
+                        event.own or event.user.casefold() == self.me.casefold())
+
+    def _count(self, key: ConversationKey, sender: str, text: str, message_id: int | None,
+               own: bool) -> None:
+        """A message shown in a conversation: unread there unless it is mine or shown."""
+        self.conversations.note(key, sender=sender, text=text, message_id=message_id,
+                                own=own, history=False)
+        self._changes.rooms = True
 
     def _attention(self, event: Event) -> None:
         if wants_attention(event, focused=self.focused, own_status=self.status, me=self.me):
@@ -513,45 +489,82 @@ class ChatModel:
             self._changes.bell = self._changes.title = True
             self._changes.notify.append(notification_text(event))
 
-    def sent(self, line: str) -> None:
-        """The window handed a typed line to the link (see `Outbox`)."""
-        self.outbox.sent(line)
-
     def _on_room_joined(self, event: RoomJoined) -> None:
-        switching = event.room != self.room
-        announce, self._announce_join = switching or self._announce_join, False
-        self.room = event.room
-        self.wanted_room = event.room
-        self.members = {m.user.casefold(): m for m in event.members}
-        self.rooms[event.room] = len(event.members)
+        room = event.room
+        first = room not in self.my_rooms
+        if first:
+            self.my_rooms.append(room)
+        asked = room in self._asked_joins or not self.view
+        if asked:  # the answer to a join: the server's current room now (at login, the
+            self.room = room  # welcome said which one is)
+        switching = asked and room != self.view
+        self._asked_joins.discard(room)
+        self._members[room] = {m.user.casefold(): m for m in event.members}
+        self.rooms[room] = max(event.member_count, len(event.members))
         for m in event.members:
             self._know(m.user)
-        fresh = [m for m in event.history if m.id not in self._seen.get(event.room, set())]
+        fresh = [m for m in event.history if m.id not in self._seen.get(room, set())]
+        gap = joined_gap(self.conversations, event, self.me)
+        if gap is not None and not any(line.kind == "gap" for line in self.transcript(room)):
+            self._add(gap_line(gap), view=room)
         if fresh:
-            self._add(self._divider(f"earlier in {event.room}"))
+            self._add(self._divider(f"earlier in {room}"), view=room)
             for message in fresh:
-                self._add(self._message_line(message))
+                self._add(self._message_line(message), view=room)
         others = [m.user for m in event.members if m.user.casefold() != self.me.casefold()]
         company = (f"with {', '.join(others[:8])}{' and others' if len(others) > 8 else ''}"
                    if others else "nobody else is here yet")
-        if announce or fresh:
-            self._add(self._divider(f"you joined {event.room} · {company}"))
+        if switching or fresh or first:
+            self._add(self._divider(f"you joined {room} · {company}"), view=room)
         if switching:
+            self._show(room)
+            self.wanted_room = room
             self._changes.redraw = True
         self._changes.members = self._changes.rooms = self._changes.title = True
 
+    def _on_room_left(self, event: RoomLeft) -> None:
+        room = event.room
+        if room in self.my_rooms:
+            self.my_rooms.remove(room)
+        self._members.pop(room, None)
+        self.conversations.close(ConversationKey.room(room))
+        self.scrollback.forget(room)
+        self.room = event.room_now
+        if self.view == room:
+            self._show(event.room_now or (self.my_rooms[0] if self.my_rooms else ""))
+            self.wanted_room = self.view or COMMON_ROOM
+            self._changes.redraw = self._changes.members = True
+        self._add(self._system_line("system", f"You left {room}."))
+        self._changes.rooms = self._changes.title = True
+
+    def _on_history_page(self, event: HistoryPage) -> None:
+        room = event.room
+        seen = self._seen.setdefault(room, set())
+        fresh = [m for m in event.messages if m.id not in seen]
+        seen.update(m.id for m in fresh)
+        shown = self._transcripts.setdefault(room, collections.deque(maxlen=TRANSCRIPT_LIMIT))
+        ids = [m.id for m in event.messages]
+        gap = self.conversations.history_loaded(room, ids, event.more)
+        merged = self.scrollback.merge(room, list(shown), [self._message_line(m) for m in fresh],
+                                       event.more, gap)
+        shown.clear()
+        shown.extend(merged)
+        if room == self.view:
+            self._changes.redraw = self._changes.keep_place = True
+
     def _on_user_joined(self, event: UserJoined) -> None:
         self._know(event.user)
-        if event.room == self.room:
-            self.members[event.user.casefold()] = MemberInfo(event.user, event.status, event.note)
-            self.rooms[event.room] = len(self.members)
-            self._changes.members = self._changes.rooms = True
+        people = self._members.setdefault(event.room, {})
+        people[event.user.casefold()] = MemberInfo(event.user, event.status, event.note)
+        self.rooms[event.room] = max(self.rooms.get(event.room, 0), len(people))
+        self._changes.members = self._changes.rooms = True
         self._add(self._event_line("system", event.time, f"→ {event.user} joined {event.room}"),
-                  room=event.room)
+                  view=event.room)
 
     def _on_user_left(self, event: UserLeft) -> None:
-        if event.room == self.room and self.members.pop(event.user.casefold(), None):
-            self.rooms[event.room] = len(self.members)
+        people = self._members.get(event.room, {})
+        if people.pop(event.user.casefold(), None):
+            self.rooms[event.room] = len(people)
             self._changes.members = self._changes.rooms = True
         reason = event.reason
         if reason.startswith("joined "):
@@ -560,15 +573,18 @@ class ChatModel:
             text = f"← {event.user} left"
         else:
             text = f"← {event.user} left ({reason})"
-        self._add(self._event_line("system", event.time, text), room=event.room)
+        self._add(self._event_line("system", event.time, text), view=event.room)
 
     def _on_status(self, event: StatusChanged) -> None:
         mine = event.user.casefold() == self.me.casefold()
-        member = self.members.get(event.user.casefold())
-        if member is not None:
-            self.members[event.user.casefold()] = MemberInfo(member.user, event.status, event.note,
-                                                             member.room)
-            self._changes.members = True
+        folded = event.user.casefold()
+        where = [private_key(event.user)] if folded in self.contacts else []
+        for room, people in self._members.items():
+            member = people.get(folded)
+            if member is not None:
+                people[folded] = MemberInfo(member.user, event.status, event.note, member.room)
+                self._changes.members = self._changes.rooms = True
+                where.append(room)
         if mine:
             self.status, self.note = event.status, event.note
             self._changes.status = self._changes.title = True
@@ -579,12 +595,15 @@ class ChatModel:
                         else "does not want to be disturbed")}.get(event.status,
                                                                     f"is {event.status}")
         note = f": {event.note}" if event.note else ""
-        self._add(self._event_line("system", event.time, f"• {who} {verb}{note}"))
+        # Said in every room the person shares with the user and in their private view;
+        # the user's own change where the user is looking.
+        for view in ([self.view] if mine or not where else where):
+            self._add(self._event_line("system", event.time, f"• {who} {verb}{note}"), view=view)
 
     def _on_member_list(self, event: MemberList) -> None:
-        if event.room == self.room:
-            self.members = {m.user.casefold(): m for m in event.members}
-            self.rooms[event.room] = len(event.members)
+        if event.room in self.my_rooms or event.room == self.room:
+            self._members[event.room] = {m.user.casefold(): m for m in event.members}
+            self.rooms[event.room] = max(event.member_count, len(event.members))
             self._changes.members = self._changes.rooms = True
         for m in event.members:
             self._know(m.user)
@@ -595,8 +614,8 @@ class ChatModel:
 
     def _on_room_list(self, event: RoomList) -> None:
         self.rooms = dict(event.rooms)
-        if self.room:
-            self.rooms[self.room] = len(self.members) or self.rooms.get(self.room, 0)
+        for room in self.my_rooms:
+            self.rooms[room] = len(self._members.get(room, {})) or self.rooms.get(room, 0)
         self._changes.rooms = True
         if self._take_request("rooms"):
             listing = ", ".join(f"{name} ({count})" for name, count in event.rooms)
@@ -614,7 +633,15 @@ class ChatModel:
         self._know(event.peer)
         self.outbox.confirmed(event)
         self._attention(event)
-        self._add(self._private_line(event))
+        key = ConversationKey.private(event.peer)
+        view = private_key(event.peer)
+        self._add(self._private_line(event), view=view)
+        self._count(key, self.me if event.outgoing else event.peer, event.text, None,
+                    event.outgoing)
+        if event.outgoing and view != self.view:
+            # Typed as /privatemsg in another view: said where the user is looking too.
+            self._add(self._system_line("system", f"Sent privately to {event.peer}: it is "
+                                                  f"in the conversation with {event.peer}."))
 
     def _on_private_rejected(self, event: PrivateRejected) -> None:
         self._add(self._event_line("error", event.time, f"⚠ A private message from {event.peer} "
@@ -641,6 +668,8 @@ class ChatModel:
         self._add(self._system_line("notice", event.text))
 
     def _on_error(self, event: ErrorEvent) -> None:
+        if event.request == "history":
+            self.scrollback.settled()
         refused = self.outbox.refused(event)
         if refused is not None:
             message = event.message if event.message.startswith("Not sent") else \
@@ -653,6 +682,8 @@ class ChatModel:
     _HANDLERS: dict[type, Callable[[ChatModel, Any], None]] = {
         RoomMessage: _on_room_message,
         RoomJoined: _on_room_joined,
+        RoomLeft: _on_room_left,
+        HistoryPage: _on_history_page,
         UserJoined: _on_user_joined,
         UserLeft: _on_user_left,
         StatusChanged: _on_status,
@@ -667,6 +698,7 @@ class ChatModel:
         NotSent: _on_error,
         LibraryNotSent: _on_error,
     }
+
 
     # -- building lines -------------------------------------------------------------------
 
@@ -721,21 +753,34 @@ class ChatModel:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _add(self, line: Line, room: str | None = None) -> None:
-        """Append to a room's transcript (the visible one unless `room` says otherwise)."""
-        target = room or self.room or ""
+    def _add(self, line: Line, view: str | None = None) -> bool:
+        """Append to a view's transcript (the visible one unless `view` says otherwise);
+        False if that message is already there."""
+        target = view or self.view or ""
+        if target not in self._transcripts and len(self._transcripts) >= MAX_VIEWS:
+            self._forget_views()
         lines = self._transcripts.setdefault(target, collections.deque(maxlen=TRANSCRIPT_LIMIT))
         if line.message_id is not None:
             seen = self._seen.setdefault(target, set())
             if line.message_id in seen:
-                return
+                return False
             seen.add(line.message_id)
             if len(seen) > 4 * TRANSCRIPT_LIMIT:  # forget the oldest half, roughly
                 keep = {ln.message_id for ln in lines if ln.message_id is not None}
                 seen.intersection_update(keep)
         lines.append(line)
-        if target == (self.room or ""):
+        if target == (self.view or ""):
             self._changes.lines.append(line)
+        return True
+
+    def _forget_views(self) -> None:
+        """Drop the transcripts of conversations the tracker no longer keeps (it holds at
+        most ROOM_CAP rooms and CONTACT_CAP contacts), so MAX_VIEWS bounds them."""
+        kept = {self.view, ""} | {s.key.name if s.key.is_room else private_key(s.key.name)
+                                  for s in self.conversations.summaries()}
+        for view in [v for v in self._transcripts if v not in kept]:
+            del self._transcripts[view]
+            self._seen.pop(view, None)
 
     def _know(self, user: str) -> None:
         if user:
@@ -746,46 +791,3 @@ class ChatModel:
             self._shown_requests[kind] -= 1
             return True
         return False
-
-
-def _mentions(text: str, name: str) -> bool:
-    lowered, target = text.casefold(), name.casefold()
-    start = lowered.find(target)
-    while start >= 0:
-        before = lowered[start - 1] if start else " "
-        end = start + len(target)
-        after = lowered[end] if end < len(lowered) else " "
-        if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
-            return True
-        start = lowered.find(target, start + 1)
-    return False
-
-
-def warning_text(event: KeyWarning) -> list[str]:
-    """The lines of a key-change warning, in the conversation and the banner."""
-    user = event.user
-    return [
-        f"⚠ WARNING: {user}'s key has CHANGED.",
-        f"Someone may be pretending to be {user}, or {user} may have a new computer. "
-        f"Private messages to and from {user} are blocked until you compare fingerprints "
-        f"with {user} in person or by phone and then type /trust {user}.",
-        # client.KeyWarning carries the readable form /fingerprint shows (12 groups of 5
-        # digits), already grouped for reading aloud.
-        f"Pinned key: {event.pinned_fingerprint}",
-        f"Offered key: {event.offered_fingerprint}",
-    ]
-
-
-def group_hex(fingerprint: str, size: int = 4) -> str:
-    """'aaf74119fcd4…' -> 'aaf7 4119 fcd4 …', easier to compare aloud."""
-    return " ".join(fingerprint[i:i + size] for i in range(0, len(fingerprint), size))
-
-
-
-def status_word(label: str) -> str:
-    """The status selector's label ('Do not disturb') -> the protocol word ('dnd')."""
-    for word, text in STATUS_LABELS.items():
-        if text.casefold() == label.strip().casefold():
-            return word
-    return STATUS_ALIASES.get(label.strip().lower(), "online")
-

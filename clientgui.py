@@ -205,18 +205,19 @@ class App:
         main, model = self.main, self.model
         assert main is not None
         if changes.redraw:
-            main.show_lines(model.transcript(), replace=True)
+            main.show_lines(model.transcript(), replace=True, keep_place=changes.keep_place)
         elif changes.lines:
             main.show_lines(changes.lines)
         if changes.redraw or changes.members or changes.rooms or changes.title:
-            main.room_title.set(model.room)
+            main.room_title.set(model.view_title())
             count = len(model.members)
-            main.room_sub.set(f"{count} {'person' if count == 1 else 'people'} here"
+            main.room_sub.set("private · end-to-end encrypted" if model.peer else
+                              f"{count} {'person' if count == 1 else 'people'} here"
                               if model.connection == CONNECTED else "")
         if changes.members or changes.redraw:
             main.show_members(model.member_rows(), model.me, model.colours)
         if changes.rooms or changes.redraw or changes.connection:
-            main.show_rooms(model.room_rows(), stale=model.connection != CONNECTED)
+            main.sidebar.show(model.sidebar_rows(), stale=model.connection != CONNECTED)
         if changes.status:
             main.show_status(model.status)
         if changes.banner:
@@ -404,10 +405,17 @@ class App:
             self.open_manual()
         elif action.kind == "quit":
             self.close()
+        elif action.command == "query":
+            self._query(action.line)
         else:
             self.model.expect_listing(action.command)
-            self.model.sent(line)
-            self.link.execute(action.line)
+            how, where, text = self.model.route(action.line)
+            if how == "say":  # a message in a room view goes to that room, by name
+                self.model.sent(action.line)
+                self.link.say(text, where, line)
+            else:  # a command, or a private view's message as its /privatemsg
+                self.model.sent(where)
+                self.link.execute(where)
         if self.main is not None:
             self.render(self.model.take_changes())
 
@@ -607,8 +615,60 @@ class App:
             self._hint_job = self.root.after(8000, lambda: self.set_hint(""))
 
     def join_room(self, room: str) -> None:
-        if room != self.model.room:
+        """Go to a room: one the user is in is shown at once, another is joined."""
+        if room in self.model.my_rooms:
+            self.choose_view(room, "room")
+        else:
+            self.model.asked_join(room)
             self.link.join(room)
+
+    def choose_view(self, key: str, kind: str) -> None:
+        """The sidebar's pick: show a room or a private conversation ("other": join it)."""
+        if kind == "other":
+            self.join_room(key)
+            return
+        room = self.model.select(key)
+        if room:  # the server's current room follows the view (for /leave, /list, ...)
+            self.link.join(room)
+        if self.main is not None:
+            self.render(self.model.take_changes())
+
+    def step_view(self, step: int) -> None:
+        key = self.model.neighbour(step)
+        if key:
+            self.choose_view(key, "private" if key.startswith("@") else "room")
+
+    def open_private(self, name: str) -> None:
+        """Message a person: their private conversation, shown, with the input box ready."""
+        self.choose_view(self.model.open_private(name), "private")
+        if self.main is not None:
+            self.main.input.focus_set()
+
+    def _query(self, line: str) -> None:
+        """/query bob, /query #room, /query: what the sidebar does, typed (the window's
+        views are its conversations; the library's own current one is left alone)."""
+        parsed = chatview.commands.parse_line(line)
+        target = parsed.args[0] if isinstance(parsed, chatview.commands.Command) and \
+            parsed.args else ""
+        if not target:
+            if self.model.room:
+                self.choose_view(self.model.room, "room")
+        elif target.startswith("#"):
+            try:
+                self.join_room(chatview.check_room_name(target))
+            except ValueError as exc:
+                self.model.say("error", str(exc))
+        elif target.lstrip("@").casefold() == self.model.me.casefold():
+            self.model.say("error", "You cannot have a private conversation with yourself.")
+        else:
+            self.open_private(target.lstrip("@"))
+
+    def load_older(self) -> None:
+        """The transcript is at its top: ask for the room's older messages (one page at a
+        time; none when its beginning is shown)."""
+        room = self.model.want_older() if self.model.connection == CONNECTED else ""
+        if room:
+            self.link.history(room, chatview.HISTORY_PAGE)
 
     def set_status(self, status: str) -> None:
         self.link.set_status(status, "")

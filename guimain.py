@@ -1,5 +1,6 @@
-"""The desktop client's main window: rooms, the conversation, people, the input box,
-search, and the right-click menus. It draws what `App` hands it and calls back into `App`.
+"""The desktop client's main window: the sidebar (guisidebar.py), the conversation,
+people, the input box, the search bar (guisearch.py) and the right-click menus. It draws
+what `App` hands it and calls back into `App`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import chatview
 import guitheme
 from chatview import Line
 from guipopups import Tooltip
+from guisearch import SearchBar
+from guisidebar import Sidebar
 from guitheme import load_image, on_theme, ui_scale
 
 if TYPE_CHECKING:
@@ -37,10 +40,8 @@ class MainView(ttk.Frame):
                      for status in chatview.STATUS_COLOURS}
         self.status_var = tk.StringVar(self, "Online")
         self.hint = tk.StringVar(self)
-        self.room_hint = tk.StringVar(self)
         self.room_title = tk.StringVar(self)
         self.room_sub = tk.StringVar(self)
-        self.rooms_title = tk.StringVar(self, "ROOMS")
         self.people_title = tk.StringVar(self, "PEOPLE")
         self.offline_text = tk.StringVar(self)
         self.warning_text = tk.StringVar(self)
@@ -48,12 +49,7 @@ class MainView(ttk.Frame):
         self.unsent_line = ""
         self.new_count = 0
         self.following = True  # the view follows new lines until the person scrolls up
-        self.rooms_stale = False
         self.picked_member = ""
-        self.search_var = tk.StringVar(self)
-        self.search_count = tk.StringVar(self)
-        self.search_matches: list[str] = []
-        self.search_index = -1
         self.panes_wanted = {"rooms": True, "people": True}  # the person's choice
         self.panes_shown = {"rooms": True, "people": True}
         self.panes_forced = {"rooms": False, "people": False}
@@ -74,7 +70,10 @@ class MainView(ttk.Frame):
         self._create_banners()
         self.panes = ttk.PanedWindow(self, orient="horizontal")
         self.panes.grid(row=2, column=0, sticky="nsew")
-        self.rooms_pane = self._create_rooms(self.panes)
+        self.sidebar = self.rooms_pane = Sidebar(
+            self.panes, self.fonts, self.px, self.tooltip, self.app.choose_view,
+            self.app.join_room, self._autohide, self.input_focus, self.lock_image)
+        self.rooms, self.new_room = self.sidebar.tree, self.sidebar.new_room
         self.middle = self._create_conversation(self.panes)
         self.people_pane = self._create_people(self.panes)
         self.panes.add(self.rooms_pane, weight=1)
@@ -107,47 +106,6 @@ class MainView(ttk.Frame):
         self.offline_banner.bind("<Configure>", lambda e: offline.configure(
             wraplength=max(200, e.width - self.reconnect_button.winfo_reqwidth() - 48)))
 
-    def _create_rooms(self, parent: tk.Misc) -> ttk.Frame:
-        rooms = ttk.Frame(parent, style="Sidebar.TFrame",
-                          padding=(self.px(8), self.px(12), self.px(4), self.px(10)))
-        rooms.rowconfigure(1, weight=1)
-        rooms.columnconfigure(0, weight=1)
-        ttk.Label(rooms, textvariable=self.rooms_title, style="Sidebar.TLabel").grid(
-            row=0, column=0, sticky="w", padx=4, pady=(0, 6))
-        self.rooms = ttk.Treeview(rooms, style="Sidebar.Treeview", columns=("count",),
-                                  show="tree", selectmode="browse", takefocus=True)
-        width = self.fonts.ui.measure("#a-room-name") + 8
-        self.rooms.column("#0", width=width, minwidth=self.fonts.ui.measure("#ab"), stretch=True)
-        self.rooms.column("count", width=self.fonts.ui.measure("0000"), anchor="e", stretch=False)
-        self.rooms.tag_configure("current", font=self.fonts.ui_bold, background=guitheme.CURRENT_BG)
-        self.rooms.tag_configure("stale", foreground=guitheme.STALE_FG)
-        self.rooms.grid(row=1, column=0, sticky="nsew")
-        self.rooms_scroll = ttk.Scrollbar(rooms, command=self.rooms.yview,
-                                          style="QuietSide.Vertical.TScrollbar")
-        self.rooms.configure(yscrollcommand=lambda a, b: self._autohide(self.rooms_scroll, a, b))
-        self.rooms_scroll.grid(row=1, column=1, sticky="ns")
-        self.rooms.bind("<ButtonRelease-1>", self._room_clicked)
-        self.rooms.bind("<Return>", lambda _e: self._join_focused_room())
-        self.rooms.bind("<Motion>", self._room_hover)
-        self.rooms.bind("<Leave>", lambda _e: self.tooltip.hide())
-        new_room = ttk.Frame(rooms, style="Sidebar.TFrame")
-        new_room.grid(row=2, column=0, columnspan=2, sticky="we", pady=(10, 0))
-        ttk.Label(new_room, text="NEW ROOM", style="Sidebar.TLabel").grid(
-            row=0, column=0, columnspan=2, sticky="w", padx=4, pady=(0, 4))
-        self.new_room = ttk.Entry(new_room, width=8)
-        self.new_room.grid(row=1, column=0, sticky="we")
-        self.new_room.bind("<Return>", lambda _e: self._create_room())
-        self.new_room_button = ttk.Button(new_room, text="Create", style="Small.TButton",
-                                          command=self._create_room)
-        self.new_room_button.grid(row=1, column=1, padx=(4, 0))
-        self.room_hint_label = ttk.Label(new_room, textvariable=self.room_hint,
-                                         style="Hint.TLabel", wraplength=width)
-        self.room_hint_label.grid(row=2, column=0, columnspan=2, sticky="w")
-        new_room.columnconfigure(0, weight=1)
-        new_room.bind("<Configure>", lambda e: self.room_hint_label.configure(
-            wraplength=max(60, e.width)))
-        return rooms
-
     def _create_conversation(self, parent: tk.Misc) -> ttk.Frame:
         middle = ttk.Frame(parent, style="Main.TFrame")
         middle.rowconfigure(2, weight=1)
@@ -169,20 +127,6 @@ class MainView(ttk.Frame):
                                         command=lambda: self.toggle_pane("people"))
         self.people_toggle.grid(row=0, column=3, padx=(8, 0))
         ttk.Separator(middle).grid(row=0, column=0, columnspan=2, sticky="swe")
-        # Ctrl+F: a search bar over the conversation, hidden until asked for.
-        self.search_bar = ttk.Frame(middle, style="Sidebar.TFrame", padding=(8, 4))
-        ttk.Label(self.search_bar, text="Find", style="Hint.TLabel").pack(side="left")
-        self.search_entry = ttk.Entry(self.search_bar, textvariable=self.search_var, width=20)
-        self.search_entry.pack(side="left", padx=6, fill="x", expand=True)
-        ttk.Label(self.search_bar, textvariable=self.search_count,
-                  style="Hint.TLabel").pack(side="left", padx=(0, 6))
-        ttk.Button(self.search_bar, text="Close", style="Small.TButton",
-                   command=self.close_search).pack(side="right")
-        self.search_var.trace_add("write", lambda *_a: self.run_search())
-        self.search_entry.bind("<Return>", lambda _e: self.next_match(1))
-        self.search_entry.bind("<Shift-Return>", lambda _e: self.next_match(-1))
-        self.search_entry.bind("<Escape>", lambda _e: self.close_search())
-
         self.text = tk.Text(middle, wrap="word", font=self.fonts.text, background=guitheme.BG,
                             foreground=guitheme.INK, relief="flat", borderwidth=0,
                             highlightthickness=0,
@@ -206,6 +150,10 @@ class MainView(ttk.Frame):
         self.text.bind("<Motion>", self._conversation_hover)
         self.text.bind("<Leave>", lambda _e: self.tooltip.hide())
         self._configure_tags()
+        # Ctrl+F: a search bar over the conversation, hidden until asked for.
+        self.search = SearchBar(middle, self.text, lambda: self._user_scrolled(load=False),
+                                self.input_focus)
+        self.search_bar, self.search_entry = self.search, self.search.entry
         self.new_button = tk.Button(middle, text="", command=self.jump_to_end, relief="flat",
                                     background=guitheme.ACCENT, foreground="#ffffff",
                                     activebackground=guitheme.ACCENT_ACTIVE,
@@ -242,8 +190,8 @@ class MainView(ttk.Frame):
         self.members.bind("<Motion>", self._member_hover)
         self.members.bind("<Leave>", lambda _e: self.tooltip.hide())
         self.member_names: list[str] = []
-        self.people_hint = ttk.Label(people, text="Double-click a name to send an encrypted "
-                                     "private message.", style="Hint.TLabel", justify="left",
+        self.people_hint = ttk.Label(people, text="Double-click a name for an encrypted "
+                                     "private conversation.", style="Hint.TLabel", justify="left",
                                      wraplength=self.px(150))
         self.people_hint.grid(row=2, column=0, columnspan=2, sticky="we", padx=4, pady=(8, 0))
         people.bind("<Configure>", lambda e: self.people_hint.configure(
@@ -297,6 +245,9 @@ class MainView(ttk.Frame):
             ("<Prior>", lambda: self._scroll_pages(-1)), ("<Next>", lambda: self._scroll_pages(1)))
         for key, handler in bindings:
             self.input.bind(key, lambda _e, h=handler: (h(), "break")[1])
+        self.bind_view_keys(self.input)
+        self.bind_view_keys(self.text)
+        self.bind_view_keys(self.rooms)
         self.input.bind("<Up>", lambda _e: self._history_key(older=True))
         self.input.bind("<Down>", lambda _e: self._history_key(older=False))
         self.input.bind("<<Modified>>", self._input_changed)
@@ -326,6 +277,13 @@ class MainView(ttk.Frame):
                         spacing1=3, spacing3=3)
         t.tag_configure("divider", foreground=guitheme.TIME_FG, font=f.small, justify="center",
                         spacing1=8, spacing3=6)
+        for kind in ("gap", "beginning"):
+            t.tag_configure(kind, foreground=guitheme.TIME_FG, font=f.small, justify="center",
+                            spacing1=8, spacing3=6)
+        t.tag_configure("gap-link", foreground=guitheme.LINK_FG, underline=True)
+        t.tag_bind("gap-link", "<Enter>", lambda _e: t.configure(cursor="hand2"))
+        t.tag_bind("gap-link", "<Leave>", lambda _e: t.configure(cursor="arrow"))
+        t.tag_bind("gap-link", "<ButtonRelease-1>", lambda _e: self.app.load_older())
         t.tag_configure("time", foreground=guitheme.TIME_FG, font=f.small)
         t.tag_configure("time-light", foreground="#fecaca", font=f.small)
         t.tag_configure("mono", font=f.mono)
@@ -368,11 +326,37 @@ class MainView(ttk.Frame):
         self.text.yview_scroll(pages, "pages")
         self._user_scrolled()
 
-    def _user_scrolled(self) -> None:
-        """The person moved the view: follow new lines only if they are at the end now."""
-        self.following = chatview.should_autoscroll(self.text.yview()[1])
+    def _user_scrolled(self, load: bool = True) -> None:
+        """The person moved the view: follow new lines only if they are at the end now;
+        at the top, older messages are asked for (the model allows one request at a time)."""
+        first, last = self.text.yview()
+        self.following = chatview.should_autoscroll(last)
         if self.following:
             self._show_new_button(0)
+        if first <= 0.0 and load:
+            self.app.load_older()
+
+    def scroll_to_top(self) -> None:
+        """Ctrl+Home: the top of the transcript, and older messages below it."""
+        self.text.yview_moveto(0.0)
+        self._user_scrolled()
+
+    def _reading_place(self) -> tuple[Line, int] | None:
+        """The line at the top of the view and how far it is scrolled past (pixels)."""
+        line = self.line_at("@0,0")
+        box = self.text.dlineinfo("@0,0")
+        return (line, box[1]) if line is not None and box else None
+
+    def _restore_place(self, place: tuple[Line, int]) -> None:
+        line, offset = place
+        for tag, shown in self._line_tags.items():
+            if shown is line:
+                ranges = self.text.tag_ranges(tag)
+                if ranges:
+                    self.text.yview(ranges[0])
+                    if offset < 0:
+                        self.text.yview_scroll(-offset, "pixels")
+                return
 
     def _keep_following(self) -> None:
         """After a resize (window, banner, pane, input box growing) stay at the end if the
@@ -398,10 +382,13 @@ class MainView(ttk.Frame):
 
     # -- drawing --------------------------------------------------------------------------
 
-    def show_lines(self, lines: list[Line], *, replace: bool = False) -> None:
+    def show_lines(self, lines: list[Line], *, replace: bool = False,
+                   keep_place: bool = False) -> None:
         """Append lines (or replace everything) and follow the end unless scrolled up;
-        lines that arrive below the view are counted on the "new messages" button."""
-        follow = replace or self.following
+        lines that arrive below the view are counted on the "new messages" button.
+        `keep_place`: older lines came in above, so the line being read stays put."""
+        place = self._reading_place() if keep_place else None
+        follow = (replace and place is None) or self.following
         self.text.configure(state="normal")
         if replace:
             self.text.delete("1.0", "end")
@@ -416,9 +403,11 @@ class MainView(ttk.Frame):
                 tag, _line = self._line_tags.popitem(last=False)
                 self.text.tag_delete(tag)
         self.text.configure(state="disabled")
-        if self.search_bar.winfo_ismapped() and self.search_var.get():
-            self.run_search(keep_place=True)
-        if follow:
+        self.search.refresh()
+        if place is not None:
+            self._restore_place(place)
+            self.following = chatview.should_autoscroll(self.text.yview()[1])
+        elif follow:
             self.following = True
             self.text.see("end")
             self._show_new_button(0)
@@ -498,28 +487,6 @@ class MainView(ttk.Frame):
             return
         self.tooltip.hide()
 
-    def show_rooms(self, rows: list[tuple[str, int, bool]], *, stale: bool = False) -> None:
-        """The room list; while offline its counts are greyed and the header says they are
-        not up to date."""
-        tree = self.rooms
-        self.rooms_stale = stale
-        self.rooms_title.set("ROOMS · offline, not up to date" if stale else "ROOMS")
-        wanted = [name for name, _count, _current in rows]
-        for item in tree.get_children():
-            if item not in wanted:
-                tree.delete(item)
-        for index, (name, count, current) in enumerate(rows):
-            values = (("" if stale else str(count)) if count else "",)
-            tags = (("current",) if current else ()) + (("stale",) if stale else ())
-            if tree.exists(name):
-                tree.item(name, text=f"  {name}", values=values, tags=tags)
-                tree.move(name, "", index)
-            else:
-                tree.insert("", index, iid=name, text=f"  {name}", values=values, tags=tags)
-            if current:
-                tree.selection_set(name)
-                tree.focus(name)
-
     def show_members(self, rows: list[tuple[str, str, str]], me: str,
                      colour: Callable[[str], str]) -> None:
         """One line per person: a status dot, the name in its colour, the status in words.
@@ -574,16 +541,6 @@ class MainView(ttk.Frame):
         text = self.app.model.member_tooltip(name) if name else ""
         if text:
             self.tooltip.show_later(text, event.x_root, event.y_root)
-        else:
-            self.tooltip.hide()
-
-    def _room_hover(self, event: tk.Event) -> None:
-        item = self.rooms.identify_row(event.y)
-        if item:
-            count = self.rooms.set(item, "count")
-            more = " (offline: count not up to date)" if self.rooms_stale else (
-                f" · {count} here" if count else "")
-            self.tooltip.show_later(f"{item}{more}", event.x_root, event.y_root)
         else:
             self.tooltip.hide()
 
@@ -660,59 +617,10 @@ class MainView(ttk.Frame):
     # -- search ---------------------------------------------------------------------------
 
     def open_search(self) -> None:
-        self.search_bar.grid(row=1, column=0, columnspan=2, sticky="we")
-        self.search_entry.focus_set()
-        self.search_entry.selection_range(0, "end")
-        self.run_search()
+        self.search.open()
 
     def close_search(self) -> None:
-        self.search_bar.grid_remove()
-        self.text.tag_remove("found", "1.0", "end")
-        self.text.tag_remove("found-now", "1.0", "end")
-        self.search_matches, self.search_index = [], -1
-        self.search_count.set("")
-        self.input.focus_set()
-
-    def run_search(self, keep_place: bool = False) -> None:
-        """Mark every match of the search text (case-insensitive) and show the last one."""
-        t, query = self.text, self.search_var.get()
-        t.tag_remove("found", "1.0", "end")
-        t.tag_remove("found-now", "1.0", "end")
-        self.search_matches = []
-        if not query:
-            self.search_count.set("")
-            return
-        start = "1.0"
-        count = tk.IntVar(self)
-        while len(self.search_matches) < 1000:
-            where = t.search(query, start, "end", nocase=True, count=count)
-            if not where:
-                break
-            end = f"{where}+{count.get()}c"
-            t.tag_add("found", where, end)
-            self.search_matches.append(where)
-            start = end
-        if not keep_place or not (0 <= self.search_index < len(self.search_matches)):
-            self.search_index = len(self.search_matches) - 1
-        self._show_match()
-
-    def next_match(self, step: int) -> None:
-        if self.search_matches:
-            self.search_index = (self.search_index - step) % len(self.search_matches)
-            self._show_match()
-
-    def _show_match(self) -> None:
-        t = self.text
-        t.tag_remove("found-now", "1.0", "end")
-        total = len(self.search_matches)
-        if not total:
-            self.search_count.set("no matches")
-            return
-        where = self.search_matches[self.search_index]
-        t.tag_add("found-now", where, f"{where}+{len(self.search_var.get())}c")
-        t.see(where)
-        self._user_scrolled()
-        self.search_count.set(f"{total - self.search_index} of {total}")
+        self.search.close()
 
     # -- user actions ---------------------------------------------------------------------
 
@@ -744,6 +652,17 @@ class MainView(ttk.Frame):
             return "break"
         return None
 
+    def bind_view_keys(self, widget: tk.Misc) -> None:
+        """Ctrl+PageUp/PageDown and Alt+Up/Down: the previous/next room or conversation
+        of the sidebar; Ctrl+Home: the top of the transcript (and older messages)."""
+        for key, step in (("<Control-Prior>", -1), ("<Control-Next>", 1),
+                          ("<Alt-Up>", -1), ("<Alt-Down>", 1)):
+            widget.bind(key, lambda _e, s=step: (self.app.step_view(s), "break")[1])
+        widget.bind("<Control-Home>", lambda _e: (self.scroll_to_top(), "break")[1])
+
+    def input_focus(self) -> None:
+        self.input.focus_set()
+
     def _input_changed(self, _event: tk.Event) -> None:
         if self.input.edit_modified():
             self.input.edit_modified(False)
@@ -770,30 +689,6 @@ class MainView(ttk.Frame):
             return "break"
         return None
 
-    def _room_clicked(self, event: tk.Event) -> None:
-        item = self.rooms.identify_row(event.y)
-        if item:
-            self.app.join_room(item)
-        self.input.focus_set()
-
-    def _join_focused_room(self) -> None:
-        item = self.rooms.focus()
-        if item:
-            self.app.join_room(item)
-        self.input.focus_set()
-
-    def _create_room(self) -> None:
-        try:
-            room = chatview.check_room_name(self.new_room.get())
-        except ValueError as exc:
-            self.room_hint.set(str(exc))
-            self.input.focus_set()
-            return
-        self.room_hint.set("")
-        self.new_room.delete(0, "end")
-        self.app.join_room(room)
-        self.input.focus_set()
-
     def _member_clicked(self, event: tk.Event) -> None:
         name = self.member_at(event.y)
         if name:
@@ -808,8 +703,8 @@ class MainView(ttk.Frame):
         return "break"
 
     def message_person(self, name: str) -> None:
-        self.set_input(f"/privatemsg {name} ")
-        self.input.focus_set()
+        """The private conversation with `name`, shown, the keyboard in the input box."""
+        self.app.open_private(name)
 
     def _status_chosen(self, _event: tk.Event) -> None:
         self.status_box.selection_clear()

@@ -103,14 +103,26 @@ class Probe:
         shot["menu_open"] = bool(app.open_menu is not None and app.open_menu.winfo_exists()
                                  and app.open_menu.winfo_ismapped())
         shot["room"] = main.room_title.get()
-        shot["rooms"] = []
+        shot["view"] = app.model.view
+        shot["rooms"], shot["contacts"] = [], []
         for item in main.rooms.get_children():
+            row = main.sidebar.rows.get(item)
+            if row is None:  # a section's heading
+                continue
             box = main.rooms.bbox(item)
-            shot["rooms"].append({
-                "name": item, "count": main.rooms.set(item, "count"),
-                "current": "current" in main.rooms.item(item, "tags"),
+            tags = main.rooms.item(item, "tags")
+            (shot["contacts"] if row.kind == "private" else shot["rooms"]).append({
+                "name": row.label if row.kind == "private" else row.key, "key": row.key,
+                "kind": row.kind, "count": main.rooms.set(item, "count"),
+                "badge": main.rooms.set(item, "badge"), "mention": "mention" in tags,
+                "unread": "unread" in tags, "current": "current" in tags,
                 "box": [main.rooms.winfo_rootx() + box[0], main.rooms.winfo_rooty() + box[1],
                         box[2], box[3]] if box else []})
+        gap = main.text.tag_ranges("gap-link")
+        box = main.text.bbox(gap[0]) if gap else None
+        shot["gap_box"] = self._text_box(main.text, box) if box else []
+        shot["sidebar_view"] = [round(v, 4) for v in main.rooms.yview()]
+        shot["loading_older"] = app.model.scrollback.loading
         shot["members"] = []
         for number, name in enumerate(main.member_names, start=1):
             line = main.members.get(f"{number}.0", f"{number}.end").strip()
@@ -128,8 +140,8 @@ class Probe:
         shot["unsent"] = main.unsent_text.get() if main.unsent_bar.winfo_ismapped() else ""
         shot["unsent_line"] = main.unsent_line
         shot["panes"] = {name: shown for name, shown in main.panes_shown.items()}
-        shot["rooms_title"] = main.rooms_title.get()
-        shot["rooms_stale"] = main.rooms_stale
+        shot["rooms_title"] = main.sidebar.title.get()
+        shot["rooms_stale"] = main.sidebar.stale
         shot["members_view"] = [round(v, 4) for v in main.members.yview()]
         top = int(main.members.index("@0,0").split(".")[0])
         shot["members_top"] = (main.member_names[top - 1]
@@ -138,7 +150,7 @@ class Probe:
         shot["tooltip"] = main.tooltip.text
         shot["notifications"] = [list(item) for item in app.notifier.sent]
         shot["theme"] = guitheme.THEME
-        shot["search"] = main.search_count.get() if main.search_bar.winfo_ismapped() else None
+        shot["search"] = main.search.count.get() if main.search.winfo_ismapped() else None
         shot["copied"] = app.copied
         shot["opened_links"] = list(app.opened_links)
         try:
@@ -162,7 +174,7 @@ class Probe:
                          "people_toggle": self._box(main.people_toggle),
                          "rooms": self._box(main.rooms), "search": self._box(main.search_entry),
                          "status": self._box(main.status_box), "new_room": self._box(main.new_room),
-                         "new_room_button": self._box(main.new_room_button),
+                         "new_room_button": self._box(main.sidebar.new_room_button),
                          "conversation": self._box(main.text), "members": self._box(main.members)}
         shot["member_boxes"] = {}
         for number, name in enumerate(main.member_names, start=1):

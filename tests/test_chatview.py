@@ -65,6 +65,12 @@ def joined(room: str = "#common", members: tuple[str, ...] = ("alice", "bob"),
     return RoomJoined(room, tuple(MemberInfo(m, "online") for m in members), history, STAMP)
 
 
+def go(model: ChatModel, event: RoomJoined) -> None:
+    """The user goes to a room (typed /join): the server's `joined` answer shows it."""
+    model.sent(f"/join {event.room}")
+    model.apply(event)
+
+
 def logged_in_model(me: str = "alice", **options: Any) -> ChatModel:
     model = ChatModel(now=lambda: NOW, **options)
     model.logged_in(Welcome(me, "#common", "srv", STAMP), "127.0.0.1:5050")
@@ -206,14 +212,14 @@ def test_own_messages_history_and_mentions_look_different() -> None:
 def test_history_is_set_apart_and_not_repeated_on_rejoin() -> None:
     model = logged_in_model()
     old = (message("old one", id=10, history=True), message("old two", id=11, history=True))
-    model.apply(joined("#design", history=old))
+    go(model, joined("#design", history=old))
     changes = model.take_changes()
     assert changes.redraw
     kinds = [line.kind for line in model.transcript()]
     assert kinds == ["divider", "history", "history", "divider"]
     assert "earlier in #design" in model.transcript()[0].text
-    model.apply(joined("#common"))
-    model.apply(joined("#design", history=old + (message("new", id=12, history=True),)))
+    go(model, joined("#common"))
+    go(model, joined("#design", history=old + (message("new", id=12, history=True),)))
     texts = [line.text for line in model.transcript()]
     assert sum("old one" in t for t in texts) == 1
     assert any("new" in t for t in texts)
@@ -222,7 +228,7 @@ def test_history_is_set_apart_and_not_repeated_on_rejoin() -> None:
 def test_each_room_keeps_its_own_transcript() -> None:
     model = logged_in_model()
     model.apply(message("in common", id=1))
-    model.apply(joined("#design"))
+    go(model, joined("#design"))
     model.apply(message("in design", "carol", id=2, room="#design"))
     model.apply(message("late from common", id=3, room="#common"))  # crossed the join
     changes = model.take_changes()
@@ -273,7 +279,12 @@ def test_private_messages_have_a_lock_and_the_peer() -> None:
     model = logged_in_model()
     model.apply(PrivateMessage(5, "bob", "psst", STAMP, False, "fp"))
     model.apply(PrivateMessage(6, "bob", "hi back", STAMP, True, "fp"))
-    incoming, outgoing = model.take_changes().lines
+    # Private lines live in the conversation with bob, not in the room shown; the room
+    # only says where the line the user sent from it went.
+    shown = model.take_changes().lines
+    assert [line.kind for line in shown] == ["system"] and "bob" in shown[0].text
+    assert not any("psst" in line.text for line in model.transcript())
+    incoming, outgoing = model.transcript("@bob")
     assert incoming.kind == outgoing.kind == "private"
     assert incoming.spans[1].image == "lock"
     assert "bob → you" in incoming.text and incoming.text.endswith("psst")
@@ -383,7 +394,7 @@ def test_dnd_silences_attention() -> None:
 
 def test_reconnect_restores_room_and_status() -> None:
     model = logged_in_model()
-    model.apply(joined("#design"))
+    go(model, joined("#design"))
     model.apply(StatusChanged("alice", "away", "lunch", STAMP))
     model.connection_lost("connection reset", 2.0)
     assert model.connection == RECONNECTING and model.members == {}

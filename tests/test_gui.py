@@ -416,8 +416,17 @@ def test_a_conversation_by_keyboard_and_mouse(launch: Callable[..., Gui], chat_s
     gui.key("Return")
     sent = bob.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing)
     assert (sent.peer, sent.text) == ("alice", "for your eyes only")
-    state = gui.conversation_has("you → bob  for your eyes only")
+    # The private line is in the conversation with bob (its own sidebar entry); the room
+    # says where it went.
+    state = gui.conversation_has("Sent privately to bob")
+    assert "for your eyes only" not in state["conversation"]
+    bob_entry = gui.wait(lambda s: [c for c in s["contacts"] if c["name"] == "bob" and c["box"]],
+                         "bob in the sidebar")["contacts"][0]
+    gui.click(bob_entry["box"])
+    state = gui.wait(lambda s: s["view"] == "@bob" and "you → bob  for your eyes only"
+                     in s["conversation"], "the private conversation with bob")
     assert state["conversation_images"] >= 1  # the lock
+    assert "hello from the window" not in state["conversation"]  # only the private lines
 
     bob.send_private("alice", "got it")
     gui.conversation_has("bob → you  got it")

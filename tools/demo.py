@@ -119,17 +119,22 @@ def record(out: Path, workdir: Path, width: int) -> None:
         film.shoot("alice in #design")
 
         bob.send_private("alice", "Can you read me the signing key fingerprint?")
-        window.wait(lambda s: "bob → you" in s["conversation"], "bob's private message")
+        state = window.wait(lambda s: any(c["name"] == "bob" and c["badge"] and c["box"]
+                                          for c in s["contacts"]), "bob's private message")
         film.shoot("alice in #design", 1600)
-        window.type("/msg bob Sure, calling you in 5 minutes.")
+        window.click(next(c for c in state["contacts"] if c["name"] == "bob")["box"])
+        window.wait(lambda s: s["view"] == "@bob" and "bob → you" in s["conversation"],
+                    "the private conversation with bob")
+        film.shoot("alice in private", 1200)
+        window.type("Sure, calling you in 5 minutes.")  # typed in bob's view: private
         wait_event(bob, lambda e: isinstance(e, PrivateMessage) and not e.outgoing)
         window.wait(lambda s: "you → bob" in s["conversation"], "alice's private answer")
-        film.shoot("alice in #design", 1600)
+        film.shoot("alice in private", 1600)
 
         window.type("/status away on a call with bob")
         window.wait(lambda s: s["status"] == "Away" and s["members"][0]["status"].startswith(
             "away"), "alice away")
-        film.shoot("alice in #design", 2600)
+        film.shoot("alice in private", 2600)
         film.save(out, width)
         print(f"wrote {out}: {len(film.frames)} frames, {out.stat().st_size // 1024} KiB")
         window.type("/quit")

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import identity  # noqa: E402
-from client import ChatClient, PrivateMessage, RoomMessage  # noqa: E402
+from client import ChatClient, RoomMessage  # noqa: E402
 
 WAIT = 20.0
 
@@ -235,6 +235,12 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96, theme: str = "light
         window.wait(lambda s: s["screen"] == "main" and len(s["members"]) == 3
                             and s["boxes"]["input"], "the main window")
         state = window.settled()
+        # alice is in three rooms; #common is shown.
+        for room in ("releases", "design"):
+            window.type(f"/join {room}")
+            window.wait(lambda s, r=room: s["view"] == f"#{r}", f"#{room} shown")
+        window.type("/query #common")
+        window.wait(lambda s: s["view"] == "#common" and len(s["members"]) == 3, "#common")
 
         bob.say("Hi alice! Could you check the Windows installer today? 🙏")
         window.wait(lambda s: "Windows installer" in s["conversation"], "bob's message")
@@ -244,15 +250,19 @@ def make_screenshot(out: Path, workdir: Path, dpi: int = 96, theme: str = "light
         carol.say("Thanks both 🎉 Release notes draft: https://wiki.example.org/release-2.4 "
                   "comments welcome before Thursday so we can ship on time.")
         carol.set_status("away", "lunch")
+        # Elsewhere meanwhile: badges in the sidebar, a mention and a private message.
+        carol.say("New mockups for the login window.", room="#design")
+        carol.say("And the dark theme variant.", room="#design")
+        bob.say("alice: the release checklist is pinned here.", room="#releases")
         bob.send_private("alice", "Can you send me the signing key fingerprint?")
-        window.wait(lambda s: "bob → you" in s["conversation"], "bob's private message")
-        window.type("/msg bob Sure, I'll read it to you on the call.")
-        wait_event(bob, lambda e: isinstance(e, PrivateMessage) and not e.outgoing)
-        bob.say("Perfect, thanks!")
         window.type("Let's ship it", enter=False)
-        window.wait(lambda s: "Perfect, thanks!" in s["conversation"]
+
+        def badge(s: dict[str, Any], name: str) -> str:
+            return next((r["badge"] for r in s["rooms"] + s["contacts"] if r["name"] == name), "")
+
+        window.wait(lambda s: badge(s, "#design") == "2" and badge(s, "#releases") == "@1"
+                    and badge(s, "bob") == "1"
                     and s["members"][-1]["status"].startswith("away")
-                    and any(r["name"] == "#design" for r in s["rooms"])
                     and s["input"] == "Let's ship it", "the final scene")
         main_window = window.xdo("search", "--onlyvisible", "--name", "alice in").split()[-1]
         how = capture(main_window, out, window.env)
