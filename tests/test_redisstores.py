@@ -8,6 +8,7 @@ acknowledgement; data that survives a Redis restart; Redis down as one clean err
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -479,3 +480,138 @@ def test_the_registry_reports_redis_down_as_one_clean_error(redis_server, der_a)
                  lambda: node.forget("a"), node.usernames]:
         with pytest.raises(ClusterUnavailable):
             call()
+
+
+# -- flood control and registration quotas shared by the cluster ----------------------------
+
+from floodcontrol import DAY, FloodLedger, RegistrationQuota  # noqa: E402
+from redisflood import FLOOD_KEYS_DOC, RedisFloodLedger, RedisRegistrationQuota  # noqa: E402
+
+SLOW = 0.01  # tokens a second: nothing refills while a test runs, so waits are exact
+
+
+@pytest.fixture(params=["local", "redis"])
+def make_ledger(request: pytest.FixtureRequest) -> Callable[..., FloodLedger]:
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+        return lambda rate, burst, clock=time.monotonic: RedisFloodLedger(url, rate, burst,
+                                                                           clock=clock)
+    return lambda rate, burst, clock=time.monotonic: FloodLedger(rate, burst, clock=clock)
+
+
+def test_frames_past_the_burst_wait_their_turn(make_ledger):
+    ledger = make_ledger(SLOW, 3)
+    bucket = ledger.user("ann")
+    waits = [ledger.charge(bucket, None) for _ in range(6)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert [round(w * SLOW, 2) for w in waits[3:]] == [1.0, 2.0, 3.0]  # 1/rate apart
+    assert ledger.delayed_frames == 3
+
+
+def test_an_address_pays_ten_times_a_users_budget(make_ledger):
+    ledger = make_ledger(SLOW, 2)
+    address = ledger.address("192.0.2.7")
+    waits = [ledger.charge(ledger.user(f"u{n}"), address) for n in range(21)]
+    assert waits[:20] == [0.0] * 20 and waits[20] > 0
+
+
+def test_the_budget_is_the_clusters_not_the_nodes(redis_server):
+    first, second = (RedisFloodLedger(redis_server.url, SLOW, 3) for _ in range(2))
+    assert [first.charge(first.user("Ann")) for _ in range(3)] == [0.0] * 3
+    wait = second.charge(second.user("ann"))  # the same user, reconnected to another node
+    assert 99 < wait <= 100
+    assert first.charge(first.address("192.0.2.7")) == 0.0, "another bucket"
+
+
+def test_racing_nodes_share_one_budget_exactly(redis_server):
+    nodes = [RedisFloodLedger(redis_server.url, SLOW, 10) for _ in range(3)]
+    buckets = [node.user("ann") for node in nodes]
+    waits = race([(lambda n=n: nodes[n % 3].charge(buckets[n % 3])) for n in range(30)])
+    assert sum(w == 0.0 for w in waits) == 10, "ten tokens, ten free frames, on any node"
+    assert sorted(round(w * SLOW) for w in waits)[10:] == list(range(1, 21))
+
+
+def test_batched_leases_pace_like_one_shared_bucket(redis_server):
+    """A batch leased at once still spaces its frames 1/rate apart, as charging alone would."""
+    frozen = Clock(0.0)  # the node's monotonic clock stands still; Redis's barely moves
+    ledger = RedisFloodLedger(redis_server.url, 2.0, 4, clock=frozen)
+    alone = FloodLedger(2.0, 4, clock=frozen)
+    bucket, reference = ledger.user("ann"), alone.user("ann")
+    waits = [ledger.charge(bucket) for _ in range(12)]
+    expected = [alone.charge(reference) for _ in range(12)]
+    assert ledger.round_trips == 6, "two tokens a lease"
+    assert waits == pytest.approx(expected, abs=0.05)
+
+
+def test_round_trips_per_frame_at_the_default_limits(redis_server):
+    ledger = RedisFloodLedger(redis_server.url, 5.0, 20)  # ServerConfig's rate and burst
+    user, address = ledger.user("ann"), ledger.address("192.0.2.7")
+    for _ in range(100):
+        ledger.charge(user, address)
+    # Batches of 5 (user) and 50 (address): 20 leases, the address's inside two of them.
+    assert ledger.frames == 100 and ledger.round_trips <= 22
+    assert ledger.round_trips / ledger.frames <= 0.22
+
+
+def test_flood_keys_expire_when_the_bucket_would_be_full(redis_server):
+    ledger = RedisFloodLedger(redis_server.url, 5.0, 20)
+    ledger.charge(ledger.user("Ann"), ledger.address("192.0.2.7"))
+    user_ttl = ledger.redis.pttl(PREFIX + "flood:user:ann")
+    address_ttl = ledger.redis.pttl(PREFIX + "flood:ip:192.0.2.7")
+    assert 0 < user_ttl <= 2000 and 0 < address_ttl <= 3000  # 5 (50) tokens short: 1 s (+1 s)
+    keys = {key.decode() for key in ledger.redis.keys("*")}
+    assert keys == {PREFIX + "flood:user:ann", PREFIX + "flood:ip:192.0.2.7"}
+    assert {"flood:user:{name}", "flood:ip:{address}"} <= set(FLOOD_KEYS_DOC)
+
+
+def test_without_redis_flood_control_is_local_and_comes_back(redis_server):
+    clock = Clock(0.0)
+    ledger = RedisFloodLedger(redis_server.url, SLOW, 2, clock=clock)
+    bucket = ledger.user("ann")
+    redis_server.kill()
+    waits = [ledger.charge(bucket) for _ in range(3)]  # no exception: paced locally
+    assert waits[:2] == [0.0, 0.0] and waits[2] > 0 and ledger.local_only
+    assert ledger.round_trips == 0
+    redis_server.start()
+    clock.now += 2  # past RETRY_AFTER
+    ledger.charge(bucket)
+    assert not ledger.local_only and ledger.round_trips == 1
+
+
+def test_registration_quotas_are_counted_for_the_cluster(redis_server):
+    clock = Clock()
+    first, second = (RedisRegistrationQuota(redis_server.url, 2, 3, clock=clock)
+                     for _ in range(2))
+    local = RegistrationQuota(2, 3, clock=clock)
+    for quota in (first, second, local):
+        assert quota.refusal("192.0.2.1") is None
+    for quota in (first, local):
+        quota.record("192.0.2.1")
+    second.record("192.0.2.1")
+    local.record("192.0.2.1")
+    assert first.refusal("192.0.2.1") == local.refusal("192.0.2.1")
+    assert "from your address" in str(second.refusal("192.0.2.1"))
+    assert second.refusal("192.0.2.2") is None
+    second.record("192.0.2.2")
+    local.record("192.0.2.2")
+    assert first.refusal("192.0.2.3") == local.refusal("192.0.2.3")
+    assert "3 new usernames in the last 24 hours" in str(first.refusal("192.0.2.3"))
+    assert 0 < first.redis.ttl(PREFIX + "regq:ip:192.0.2.1") <= DAY
+    clock.now += DAY
+    assert first.refusal("192.0.2.1") is None and second.refusal("192.0.2.3") is None
+
+
+def test_claims_from_racing_nodes_hold_the_limit_exactly(redis_server):
+    quotas = [RedisRegistrationQuota(redis_server.url, 3, 1000) for _ in range(2)]
+    outcomes = race([(lambda n=n: quotas[n % 2].claim("192.0.2.9")) for n in range(12)])
+    assert outcomes.count(None) == 3
+    assert all("from your address" in o for o in outcomes if o is not None)
+
+
+def test_the_daily_window_is_seeded_only_when_redis_has_none(redis_server):
+    clock = Clock()
+    quota = RedisRegistrationQuota(redis_server.url, 20, 2, clock=clock)
+    quota.seed([clock.now - 10, clock.now - 5, clock.now - DAY - 1])
+    assert "2 new usernames" in str(quota.refusal("192.0.2.1"))
+    RedisRegistrationQuota(redis_server.url, 20, 2, clock=clock).seed([clock.now] * 5)
+    assert quota.redis.zcard(PREFIX + "regq:all") == 2
