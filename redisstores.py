@@ -55,7 +55,7 @@ from keyregistry import (
     skeletons,
     timestamp,
 )
-from userstore import MailboxFull, MailboxLimits, Queued
+from userstore import MailboxFull, MailboxLimits, Queued, UserStoreError
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,13 @@ end
 """
 
 # KEYS: mailbox, expiry, totals. ARGV: id, member, queued_at, frame size, per_user, total,
-# total_bytes, expiry member. Returns {0, waiting} kept, {1, waiting} the recipient's
-# mailbox is full, {2, count} the server's store is full.
+# total_bytes, expiry member. Returns {0, waiting} kept (or kept already), {1, waiting} the
+# recipient's mailbox is full, {2, count} the server's store is full, {3, waiting} another
+# message with this id is waiting (ids are not unique: a bug, never a silent drop).
 _ENQUEUE = """
 local waiting = redis.call('ZCARD', KEYS[1])
-if #redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return {0, waiting} end
+local same = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+if #same > 0 then return {same[1] == ARGV[2] and 0 or 3, waiting} end
 if waiting >= tonumber(ARGV[5]) then return {1, waiting} end
 local count = tonumber(redis.call('HGET', KEYS[3], 'count') or '0')
 local bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0')
@@ -241,8 +243,9 @@ class RedisMemberStore:
     # -- mailbox --------------------------------------------------------------------------
 
     def enqueue(self, recipient: str, sender: str, message_id: int, frame: bytes) -> None:
-        """Keep `frame` for `recipient`; MailboxFull if a limit is reached. Keeping the
-        same id twice keeps it once (a node may retry after a timeout)."""
+        """Keep `frame` for `recipient`; MailboxFull if a limit is reached. Keeping the same
+        message twice keeps it once (a node may retry after a timeout); another message
+        under an id that is waiting raises UserStoreError, as SQLite's primary key would."""
         folded = recipient.casefold()
         member = f"{message_id}\n{sender}\n".encode() + frame
         limits = self.limits
@@ -259,6 +262,9 @@ class RedisMemberStore:
         if outcome == 2:
             raise MailboxFull("the server's store for waiting private messages is full; "
                               "try again when the recipient is back")
+        if outcome == 3:
+            raise UserStoreError(f"message id {message_id} is already waiting for {recipient} "
+                                 "with other content: message ids must be unique cluster-wide")
 
     def waiting(self, recipient: str) -> list[Queued]:
         """Every message waiting for `recipient`, oldest first (they stay until `remove`)."""

@@ -25,7 +25,7 @@ from keyregistry import (
     RegistrationRefused,
     Registry,
 )
-from userstore import MailboxFull, MailboxLimits, Queued, UserStore
+from userstore import MailboxFull, MailboxLimits, Queued, UserStore, UserStoreError
 
 redis = pytest.importorskip("redis", reason="the redis package (requirements.txt) is not installed")
 import redisstores  # noqa: E402
@@ -266,6 +266,9 @@ def test_the_same_message_kept_twice_is_kept_once(nodes):
     store.enqueue("ben", "ann", 5, FRAME)
     store.enqueue("ben", "ann", 5, FRAME)  # a node retrying after a timeout
     assert store.mailbox_size() == (1, len(FRAME)) and len(store.waiting("ben")) == 1
+    with pytest.raises(UserStoreError, match="ids must be unique"):
+        store.enqueue("ben", "cat", 5, FRAME + b"other")  # never dropped in silence
+    assert store.waiting("ben") == [Queued(5, "ann", FRAME)]
 
 
 def test_the_member_store_survives_a_redis_restart(redis_server):
