@@ -618,3 +618,82 @@ def test_the_daily_window_is_seeded_only_when_redis_has_none(redis_server):
     assert "2 new usernames" in str(quota.refusal("192.0.2.1"))
     RedisRegistrationQuota(redis_server.url, 20, 2, clock=clock).seed([clock.now] * 5)
     assert quota.redis.zcard(PREFIX + "regq:all") == 2
+
+
+# -- the chat state on two nodes that share the member store --------------------------------
+
+import itertools  # noqa: E402
+import json  # noqa: E402
+
+from rooms import ChatState  # noqa: E402
+
+
+class Inbox:
+    """The chat state's side of a socket: the frames pushed to one member."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def push(self, data: bytes, urgent: bool = True) -> None:
+        self.frames.append(json.loads(data[4:]))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == kind]
+
+
+class NodeJournal:
+    """A node's journal in memory; ids come from one counter for the cluster, as the
+    engine's cluster-wide ids will."""
+
+    def __init__(self, ids: Iterator[int]) -> None:
+        self.ids, self.last, self.records = ids, 0, []  # type: list[dict[str, Any]]
+
+    @property
+    def next_id(self) -> int:
+        return self.last + 1
+
+    def allocate_id(self) -> int:
+        self.last = next(self.ids)
+        return self.last
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def history(self, room: str) -> list[dict[str, Any]]:
+        return []
+
+    def history_before(self, room: str, before_id: int | None = None,
+                       limit: int = 100) -> list[dict[str, Any]]:
+        return []
+
+    def rooms(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        return []
+
+
+def test_two_chat_states_share_rooms_mailbox_and_receipts(redis_server):
+    ids = itertools.count(1)
+    node_a, node_b = (ChatState(NodeJournal(ids), RedisMemberStore(redis_server.url),
+                                registered_name=lambda name: name.casefold())
+                      for _ in range(2))
+    ann_inbox = Inbox()
+    ann, _ = node_a.login("ann", ann_inbox)
+    ben, _ = node_b.login("ben", Inbox())
+    node_b.join(ben, "#ops")
+    node_b.logout(ben, "quit")
+    # Ann, on node A, writes to Ben, who is offline: it waits in the shared mailbox.
+    sent = [node_a.send_private(ann, "ben", {"n": n}) for n in range(3)]
+    assert [f["id"] for f in ann_inbox.of("private_queued")] == sent
+    # Ben comes back on node A this time: his rooms and his messages follow him.
+    ben_inbox = Inbox()
+    ben, _ = node_a.login("ben", ben_inbox)
+    assert [f["room"] for f in ben_inbox.of("joined")] == ["#common", "#ops"]
+    assert [f["id"] for f in ben_inbox.of("private")] == sent
+    node_a.logout(ann, "quit")
+    # His client also reached node B (the engine's takeover is not here) and both nodes get
+    # an ack: each message leaves the mailbox once and Ann's receipts wait for her, once.
+    ben_b, _ = node_b.login("ben", Inbox())
+    node_b.acknowledge(ben_b, sent)
+    node_a.acknowledge(ben, sent)
+    again = Inbox()
+    node_b.login("ann", again)
+    assert [f["id"] for f in again.of("private_delivered")] == sent
