@@ -63,7 +63,6 @@ PREFIX = "gapshape:"
 # Socket timeouts for clients built from a URL: a stalled Redis costs a request this long
 # at most before it becomes ClusterUnavailable, instead of hanging a reader thread.
 SOCKET_TIMEOUT = 2.0
-RECEIPTS_PER_USER = 1000  # receipts kept for one offline sender; the oldest go first
 RECEIPT_MAX_AGE = 30 * 24 * 3600.0  # seconds a receipt waits for its sender at most
 EXPIRE_BATCH = 500  # waiting messages one script gives up at most (keeps Redis responsive)
 
@@ -74,7 +73,7 @@ KEYS_DOC = {
                    "At most MailboxLimits.per_user members",
     "mail:expiry": "sorted set: '{id}\\n{name}' -> queued_at. At most MailboxLimits.total",
     "mail:totals": "hash: count, bytes of all mailboxes (the caps' running totals)",
-    "receipts:{name}": f"list of receipt frames; at most {RECEIPTS_PER_USER}, "
+    "receipts:{name}": f"list of receipt frames; at most {MailboxLimits.receipts_per_user}, "
                        f"TTL {RECEIPT_MAX_AGE / 86400:g} days from the newest",
     "reg:names": "hash: name -> registered key (JSON). One per registered name",
     "reg:skeletons": "hash: look-alike skeleton -> name. Three at most per registered name",
@@ -190,13 +189,11 @@ class RedisMemberStore:
 
     def __init__(self, client: redis.Redis | str, limits: MailboxLimits | None = None, *,
                  prefix: str = PREFIX, clock: Callable[[], float] = time.time,
-                 receipts_per_user: int = RECEIPTS_PER_USER,
                  receipt_max_age: float = RECEIPT_MAX_AGE) -> None:
         self.redis = client_for(client)
         self.limits = limits or MailboxLimits()
         self.prefix = prefix
         self.clock = clock
-        self.receipts_per_user = receipts_per_user
         self.receipt_max_age = receipt_max_age
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._remove = self.redis.register_script(_REMOVE)
@@ -313,7 +310,7 @@ class RedisMemberStore:
         with unavailable_as_cluster_error("keeping a receipt"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.rpush(key, frame)
-            pipe.ltrim(key, -self.receipts_per_user, -1)
+            pipe.ltrim(key, -max(1, self.limits.receipts_per_user), -1)
             pipe.expire(key, max(1, int(self.receipt_max_age)))
             pipe.execute()
 
