@@ -288,6 +288,9 @@ def test_the_member_store_survives_a_redis_restart(redis_server):
     assert store.waiting("ben") == [Queued(3, "ann", FRAME)]
     assert store.mailbox_size() == (1, len(FRAME))
     assert store.take_receipts("ann") == [b"receipt"]
+    # The scripts went with the old process; they are loaded again on first use.
+    assert store.remove("ben", [3]) == [Queued(3, "ann", FRAME)]
+    assert store.mailbox_size() == (0, 0)
 
 
 def test_redis_down_is_one_clean_error_and_the_store_recovers(redis_server):
