@@ -44,6 +44,7 @@ from typing import Callable, cast
 import redis
 
 from floodcontrol import DAY, FloodLedger, RegistrationQuota, TokenBucket
+from keyregistry import Registry
 from redisstores import PREFIX, client_for, unavailable_as_cluster_error
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,14 @@ class RedisRegistrationQuota(RegistrationQuota):
         with unavailable_as_cluster_error("seeding the registration quota"):
             self._seed(keys=[self.prefix + "regq:all"],
                        args=[self.clock(), DAY, self.per_day, *sorted(times)[-10_000:]])
+
+    def seed_from(self, registry: Registry) -> None:
+        """`seed(registry.registration_times())`, but only if Redis has no window: reading
+        every registration costs O(names), so a node does it only after Redis lost the data."""
+        with unavailable_as_cluster_error("reading the registration quota"):
+            if self.redis.exists(self.prefix + "regq:all"):
+                return
+        self.seed(registry.registration_times())
 
     def refusal(self, ip: str) -> str | None:
         """Why a registration from `ip` may not happen now, or None if it may."""

@@ -629,6 +629,22 @@ def test_the_daily_window_is_seeded_only_when_redis_has_none(redis_server):
     assert quota.redis.zcard(PREFIX + "regq:all") == 2
 
 
+def test_a_node_seeds_from_the_registry_only_when_redis_lost_the_window(redis_server, der_a):
+    registry = RedisKeyRegistry(redis_server.url, max_names_per_key=0)
+    registry.register("early", der_a)
+    quota = RedisRegistrationQuota(redis_server.url, 20, 2)
+    quota.seed_from(registry)
+    assert quota.redis.zcard(PREFIX + "regq:all") == 1
+    quota.record("192.0.2.1")
+    assert "2 new usernames" in str(quota.refusal("192.0.2.2"))
+    registry.register("late", der_a)
+    registry.register("later", der_a)
+    quota.redis.zpopmin(PREFIX + "regq:all")  # one registration's day is over
+    quota.seed_from(registry)  # the window exists: it is the truth, nothing is added
+    assert quota.redis.zcard(PREFIX + "regq:all") == 1
+    assert quota.refusal("192.0.2.2") is None
+
+
 # -- the chat state on two nodes that share the member store --------------------------------
 
 import itertools  # noqa: E402
