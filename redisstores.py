@@ -96,13 +96,24 @@ def client_for(target: redis.Redis | str) -> redis.Redis:
     return target
 
 
+WARN_EVERY = 30.0  # seconds between console warnings of one outage (not one per request)
+_last_warning = [-WARN_EVERY]
+
+
 @contextlib.contextmanager
 def unavailable_as_cluster_error(what: str) -> Iterator[None]:
     """Turn any Redis failure into the one error a session reports (ClusterUnavailable)."""
     try:
         yield
     except redis.RedisError as exc:
-        log.warning("Redis failed while %s: %s", what, exc)
+        now = time.monotonic()
+        if now - _last_warning[0] >= WARN_EVERY:
+            _last_warning[0] = now
+            log.warning("Redis failed while %s (%s): requests that need it are refused; "
+                        "the next warning in %g s at the earliest", what, exc, WARN_EVERY)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            # maxmemory reached (with noeviction, as it must be): say so, not "unreachable".
+            raise ClusterUnavailable("the chat's shared store is full; try again later") from None
         raise ClusterUnavailable() from None
 
 

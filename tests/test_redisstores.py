@@ -722,3 +722,15 @@ def test_two_chat_states_share_rooms_mailbox_and_receipts(redis_server):
     again = Inbox()
     node_b.login("ann", again)
     assert [f["id"] for f in again.of("private_delivered")] == sent
+
+
+def test_a_full_redis_says_it_is_full(redis_server):
+    store = RedisMemberStore(redis_server.url)
+    store.redis.config_set("maxmemory", 1)  # below what it uses: every write is refused
+    try:
+        with pytest.raises(ClusterUnavailable, match="shared store is full"):
+            store.enqueue("ben", "ann", 1, FRAME)
+        assert store.mailbox_size() == (0, 0), "reads still work"
+    finally:
+        store.redis.config_set("maxmemory", 0)
+    store.enqueue("ben", "ann", 1, FRAME)
