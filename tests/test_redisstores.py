@@ -7,6 +7,8 @@ acknowledgement; data that survives a Redis restart; Redis down as one clean err
 """
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 import time
 from datetime import datetime, timezone
@@ -17,6 +19,7 @@ import pytest
 
 from auth import AuthError, key_fingerprint, public_key_der
 from errors import ClusterUnavailable
+from floodcontrol import DAY, FloodLedger, RegistrationQuota
 from keyregistry import (
     KeyRegistry,
     KeyRegistryError,
@@ -25,10 +28,12 @@ from keyregistry import (
     RegistrationRefused,
     Registry,
 )
+from rooms import ChatState
 from userstore import MailboxFull, MailboxLimits, Queued, UserStore, UserStoreError
 
 redis = pytest.importorskip("redis", reason="the redis package (requirements.txt) is not installed")
 import redisstores  # noqa: E402
+from redisflood import FLOOD_KEYS_DOC, RedisFloodLedger, RedisRegistrationQuota  # noqa: E402
 from redisstores import (  # noqa: E402
     KEYS_DOC,
     PREFIX,
@@ -496,8 +501,6 @@ def test_the_registry_reports_redis_down_as_one_clean_error(redis_server, der_a)
 
 # -- flood control and registration quotas shared by the cluster ----------------------------
 
-from floodcontrol import DAY, FloodLedger, RegistrationQuota  # noqa: E402
-from redisflood import FLOOD_KEYS_DOC, RedisFloodLedger, RedisRegistrationQuota  # noqa: E402
 
 SLOW = 0.01  # tokens a second: nothing refills while a test runs, so waits are exact
 
@@ -646,11 +649,6 @@ def test_a_node_seeds_from_the_registry_only_when_redis_lost_the_window(redis_se
 
 
 # -- the chat state on two nodes that share the member store --------------------------------
-
-import itertools  # noqa: E402
-import json  # noqa: E402
-
-from rooms import ChatState  # noqa: E402
 
 
 class Inbox:
