@@ -162,6 +162,9 @@ class RedisFloodLedger(FloodLedger):
             wait = max((b.spend(now) if b.credit else TokenBucket.charge(b) for b in live),
                        default=0.0)
         with self._lock:
+            # A bucket this ledger did not make (none in the server) is charged as it is.
+            wait = max([wait, *(b.charge() for b in buckets
+                                if b is not None and not isinstance(b, SharedBucket))])
             self.frames += 1
             if wait > 0:
                 self.delayed_frames += 1
