@@ -120,3 +120,15 @@ class ServerFull(RequestError):
 
     code = "server_full"
     fatal = True
+
+
+class ClusterUnavailable(GapshapeError):
+    """The store this server shares with the other servers of its cluster (Redis) did not
+    answer, so the request cannot be carried out correctly now; the connection goes on and
+    the same request may succeed in a moment."""
+
+    code = "cluster_unavailable"
+
+    def __init__(self, message: str = "the chat's shared store is not reachable right now; "
+                 "try again in a moment") -> None:
+        super().__init__(message)

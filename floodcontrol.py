@@ -108,11 +108,15 @@ class FloodLedger:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def _new_bucket(self, key: str, rate: float, burst: int) -> TokenBucket:
+        """A bucket for `key` ("user:NAME" or "ip:ADDRESS"); a shared ledger makes its own."""
+        return TokenBucket(rate, burst, self.clock)
+
     def _bucket(self, key: str, rate: float, burst: int) -> TokenBucket:
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(rate, burst, self.clock)
+                bucket = self._buckets[key] = self._new_bucket(key, rate, burst)
                 while len(self._buckets) > self.max_entries:
                     self._buckets.popitem(last=False)
             else:

@@ -39,7 +39,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from auth import key_fingerprint, load_public_key
 
@@ -87,6 +87,22 @@ class RegisteredKey:
     registered_at: str
 
 
+class Registry(Protocol):
+    """What the server and the session use of a registry: `KeyRegistry` (a file, one
+    server) and `redisstores.RedisKeyRegistry` (Redis, a cluster) both are one."""
+
+    max_names_per_key: int
+
+    def lookup(self, username: str) -> RegisteredKey | None: ...
+    def lookalike(self, username: str) -> str | None: ...
+    def refusal(self, username: str, public_der: bytes) -> str | None: ...
+    def register(self, username: str, public_der: bytes,
+                 *, now: datetime | None = None) -> RegisteredKey: ...
+    def forget(self, username: str) -> bool: ...
+    def usernames(self) -> list[str]: ...
+    def registration_times(self) -> list[float]: ...
+
+
 class KeyRegistry:
     """Username -> registered public key, kept in a JSON Lines file. Thread-safe.
 
@@ -122,7 +138,7 @@ class KeyRegistry:
         """When each current registration was made, in seconds since the epoch."""
         with self._lock:
             self._reload_if_changed()
-            return [t for e in self._entries.values() if (t := _epoch(e.registered_at))]
+            return [t for e in self._entries.values() if (t := epoch(e.registered_at))]
 
     def lookup(self, username: str) -> RegisteredKey | None:
         """The key registered for ``username`` (any case), or None."""
@@ -138,7 +154,7 @@ class KeyRegistry:
         auth.AuthError for an unacceptable key and RegistrationConflict if the name is
         taken by another key.
         """
-        _check_username(username)
+        check_username(username)
         load_public_key(public_der)  # refuse bad keys before they are ever stored
         fingerprint = key_fingerprint(public_der)
         with self._lock:
@@ -153,7 +169,7 @@ class KeyRegistry:
             refusal = self._refusal(username, fingerprint)
             if refusal is not None:
                 raise RegistrationRefused(refusal)
-            entry = RegisteredKey(username, fingerprint, public_der, _timestamp(now))
+            entry = RegisteredKey(username, fingerprint, public_der, timestamp(now))
             self._append(_register_line(entry))
             self._entries[username.casefold()] = entry
             self._skeletons.update(dict.fromkeys(skeletons(username), username.casefold()))
@@ -169,7 +185,7 @@ class KeyRegistry:
             entry = self._entries.get(folded)
             if entry is None:
                 return False
-            self._append({"op": "forget", "username": entry.username, "at": _timestamp(None)})
+            self._append({"op": "forget", "username": entry.username, "at": timestamp(None)})
             del self._entries[folded]
             self._index()
         logger.info("forgot the registered key of %s", username)
@@ -237,12 +253,14 @@ def _file_version(path: Path) -> tuple[int, int] | None:
     return info.st_size, info.st_mtime_ns
 
 
-def _check_username(username: object) -> None:
+def check_username(username: object) -> None:
+    """KeyRegistryError unless `username` is a printable, non-empty string."""
     if not isinstance(username, str) or not username or not username.isprintable():
         raise KeyRegistryError("a registration needs a printable username")
 
 
-def _epoch(stamp: str) -> float | None:
+def epoch(stamp: str) -> float | None:
+    """A `registered_at` stamp in seconds since the epoch (None if it is not one)."""
     try:
         return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=timezone.utc).timestamp()
@@ -250,7 +268,8 @@ def _epoch(stamp: str) -> float | None:
         return None
 
 
-def _timestamp(now: datetime | None) -> str:
+def timestamp(now: datetime | None) -> str:
+    """`now` (default: this moment) as a `registered_at` stamp, UTC to the millisecond."""
     moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 

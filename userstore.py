@@ -14,7 +14,8 @@ with `synchronous=NORMAL`: a change is one small transaction, and a crash loses 
 the last ones, never the file. A file that is not a Gapshape store raises UserStoreError.
 
 Bounds (`MailboxLimits`): messages per recipient, messages and bytes in all, and an age
-after which a message is given up (its sender gets an `expired` receipt). The store holds
+after which a message is given up (its sender gets an `expired` receipt); receipts per
+sender. The store holds
 no lock of its own across calls into the chat state; it has one connection, used under its
 own lock, so any thread may call it.
 """
@@ -71,6 +72,9 @@ class MailboxLimits:
     total: int = 100_000
     total_bytes: int = 512 * 1024 * 1024
     max_age: float = 7 * 24 * 3600.0
+    # Receipts kept for one sender who is offline; past this the oldest go (each is one
+    # delivered or expired message: a sender who never comes back cannot fill the disk).
+    receipts_per_user: int = 1000
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,11 @@ class UserStore:
     # -- receipts for senders who are offline -------------------------------------------
 
     def keep_receipt(self, sender: str, frame: bytes) -> None:
-        self._write(("INSERT INTO receipts (sender, frame) VALUES (?, ?)",
-                     (sender.casefold(), frame)))
+        folded = sender.casefold()
+        self._write(("INSERT INTO receipts (sender, frame) VALUES (?, ?)", (folded, frame)),
+                    ("DELETE FROM receipts WHERE sender = ? AND seq <= (SELECT seq FROM receipts "
+                     "WHERE sender = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                     (folded, folded, max(1, self.limits.receipts_per_user))))
 
     def take_receipts(self, sender: str) -> list[bytes]:
         folded = sender.casefold()
