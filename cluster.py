@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
-from errors import DoNotDisturb, RequestError
+from errors import ClusterUnavailable, DoNotDisturb, RequestError
 from rooms import (
     COMMON_ROOM,
     MAX_TEXT_CHARS,
@@ -55,13 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gapshape.cluster")
 
 Op = dict[str, Any]
-
-
-class ClusterUnavailable(RequestError):
-    """Redis, which the nodes of the cluster share, does not answer: the request cannot be
-    carried out correctly now (the connection goes on; the same request may work soon)."""
-
-    code = "cluster_unavailable"
 
 
 class ClusterStartError(Exception):
@@ -243,7 +236,7 @@ class ClusterChat(ChatState):
                 pass
         # Redis is away: the user leaves this node now; the others learn it from this
         # node's resynchronisation when Redis is back (or from its heartbeat's end).
-        with self._applying({"op": "logout", "node": self.node_id}):
+        with self._applying({"op": "logout", "node": ""}):  # no store writes: Redis is away
             ChatState.logout(self, member, reason)
         if self._sids.pop(member, None) is not None:
             self.link.forget_presence(member.name)

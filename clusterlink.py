@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 
-from cluster import UNAVAILABLE, ClusterStartError, ClusterUnavailable
+from cluster import UNAVAILABLE, ClusterStartError
+from errors import ClusterUnavailable
 from rooms import utc_now
 
 if TYPE_CHECKING:

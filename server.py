@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from errors import GapshapeError, ServerFull
+from errors import ClusterUnavailable, GapshapeError, ServerFull
 from floodcontrol import FloodLedger, RegistrationQuota
 from gapshape_version import __version__
 from keyregistry import KeyRegistry, KeyRegistryError
@@ -105,14 +105,20 @@ class ChatServer:
         self.tls_context = _make_tls_context(config)
         self.server_id = _server_id(config)
         self.log = MessageLog(config.log_path, history_budget=config.history_budget)
-        self.registry = KeyRegistry(config.registry, max_names_per_key=config.max_names_per_key)
         self.registration_lock = threading.Lock()
-        self.registrations = RegistrationQuota(config.registrations_per_address,
-                                               config.registrations_per_day)
+        limits = MailboxLimits(config.queue_per_user, config.queue_total, config.queue_bytes,
+                               config.queue_max_age)
+        if config.redis_url is None:
+            self.registry: Any = KeyRegistry(config.registry,
+                                             max_names_per_key=config.max_names_per_key)
+            self.registrations = RegistrationQuota(config.registrations_per_address,
+                                                   config.registrations_per_day)
+            self.flood = FloodLedger(config.rate, config.burst,
+                                     kick_after=config.flood_kick_after)
+            self.users: Any = UserStore(config.user_store, limits)
+        else:  # a cluster node: what must hold cluster-wide lives in Redis (redisstores.py)
+            self._open_shared_stores(config, limits)
         self.registrations.seed(self.registry.registration_times())
-        self.flood = FloodLedger(config.rate, config.burst, kick_after=config.flood_kick_after)
-        self.users = UserStore(config.user_store, MailboxLimits(
-            config.queue_per_user, config.queue_total, config.queue_bytes, config.queue_max_age))
         options: dict[str, Any] = {"server_id": self.server_id,
                                    "registered_name": self._registered_name, "limits": {
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
@@ -153,6 +159,32 @@ class ChatServer:
             except Exception:
                 self._listener.close()
                 raise
+
+    def _open_shared_stores(self, config: ServerConfig, limits: MailboxLimits) -> None:
+        import redis
+
+        import redisflood
+        import redisstores
+        from cluster import ClusterStartError
+
+        try:
+            client = redisstores.connect(str(config.redis_url))
+        except ValueError as exc:
+            raise ClusterStartError(f"--redis {config.redis_url}: {exc}") from None
+        self.registry = redisstores.RedisKeyRegistry(client,
+                                                     max_names_per_key=config.max_names_per_key)
+        try:
+            client.ping()
+            if config.registry.exists():  # names the single server registered stay theirs
+                adopted = self.registry.import_file(config.registry)
+                log.info("adopted %d registrations of %s into Redis", adopted, config.registry)
+        except (redis.RedisError, ClusterUnavailable) as exc:
+            raise ClusterStartError(f"cannot use Redis at {config.redis_url}: {exc}") from None
+        self.registrations = redisflood.RedisRegistrationQuota(
+            client, config.registrations_per_address, config.registrations_per_day)
+        self.flood = redisflood.RedisFloodLedger(client, config.rate, config.burst,
+                                                 kick_after=config.flood_kick_after)
+        self.users = redisstores.RedisMemberStore(client, limits)
 
     def _registered_name(self, name: str) -> str | None:
         entry = self.registry.lookup(name)
@@ -703,6 +735,8 @@ def start_server(config: ServerConfig) -> ChatServer:
         return ChatServer(config)
     except ClusterStartError as exc:
         raise StartupError(f"{exc}: check the --redis URL and that redis-server runs") from exc
+    except ClusterUnavailable as exc:
+        raise StartupError(f"--redis {config.redis_url}: {exc.message}") from exc
     except KeyRegistryError as exc:
         raise StartupError(str(exc)) from exc
     except OSError as exc:
@@ -732,9 +766,16 @@ def _describe_os_error(exc: OSError, config: ServerConfig) -> str:
 
 def forget_user(config: ServerConfig, username: str) -> int:
     try:
-        removed = KeyRegistry(config.registry).forget(username)
-    except KeyRegistryError as exc:
+        if config.redis_url is not None:  # the cluster's registry: every node at once
+            import redisstores
+
+            removed = redisstores.forget_user(config.redis_url, username)
+        else:
+            removed = KeyRegistry(config.registry).forget(username)
+    except (KeyRegistryError, ValueError) as exc:
         raise StartupError(str(exc)) from exc
+    except ClusterUnavailable as exc:
+        raise StartupError(f"--forget-user: {exc.message} (Redis at {config.redis_url})") from exc
     print(f"{username}: {'registration removed' if removed else 'was not registered'}")
     return 0
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -53,9 +53,10 @@ def log_records(node: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def nodes(server_factory, redis_server, tmp_path) -> Callable[..., Any]:
+def nodes(server_factory, redis_server, tmp_path) -> Iterator[Callable[..., Any]]:
     """nodes(3) -> three in-process nodes of one cluster, each with its own files."""
     made = 0
+    running: list[Any] = []
 
     def start(count: int = 1, **overrides: Any) -> list[Any]:
         nonlocal made
@@ -66,9 +67,12 @@ def nodes(server_factory, redis_server, tmp_path) -> Callable[..., Any]:
             home.mkdir()
             started.append(server_factory(redis_url=redis_server.url, node_id=f"n{made}",
                                           log_path=home / "messageslog.json", **overrides))
+        running.extend(started)
         return started
 
-    return start
+    yield start
+    for node in running:  # before Redis stops, so that their users log out cleanly
+        node.stop()
 
 
 # -- one chat across nodes --------------------------------------------------------------------
@@ -141,10 +145,105 @@ def test_presence_listings_show_the_whole_cluster(nodes, client_factory):
     change = alice.recorder.wait_for(StatusChanged)
     assert (change.user, change.status, change.note) == ("bob", "away", "lunch")
     bob.leave("#side")
-    carol.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "bob"
-                            and e.room == "#side", timeout=0.1) if False else None
-    mark = carol.recorder.mark()
-    carol.request("users")
-    after = carol.recorder.wait_for(users_listing({"alice", "bob", "carol"}), after=mark)
-    assert {u.user: tuple(u.rooms) if hasattr(u, "rooms") else None
-            for u in after.users}.get("bob") in (("#common",), None)
+    bob.recorder.wait_for(lambda e: type(e).__name__ == "RoomLeft")
+    gone = alice.recorder.mark()
+    alice.request("rooms")
+    rooms = alice.recorder.wait_for(RoomList, after=gone)
+    assert dict(rooms.rooms).get("#side", 0) == 0  # #side has history, nobody in it now
+
+
+def test_history_and_scrollback_are_the_same_from_every_node(nodes, client_factory):
+    a, b = nodes(2)
+    alice = client_factory(a, "alice")
+    for i in range(12):
+        alice.say(f"line {i}")
+    alice.recorder.wait_for(message("line 11"))
+    # A node started later fills its log from the stream: its history is the cluster's.
+    (c,) = nodes(1)
+    bob, carol = client_factory(b, "bob"), client_factory(c, "carol")
+    snapshots = [who.recorder.wait_for(joined("#common")) for who in (bob, carol)]
+    assert [m.text for m in snapshots[0].history] == [f"line {i}" for i in range(2, 12)]
+    assert snapshots[0].history == snapshots[1].history
+    pages = []
+    for who in (bob, carol):
+        who.history("#common", 5)
+        page = who.recorder.wait_for(HistoryPage)
+        pages.append([(m.id, m.text) for m in page.messages])
+    # Scrollback asks for what is older than the snapshot: the same two from both nodes.
+    assert pages[0] == pages[1] == [(1, "line 0"), (2, "line 1")]
+
+
+def test_a_name_is_online_once_and_a_login_elsewhere_takes_over(nodes, client_factory):
+    a, b, c = nodes(3)
+    first = client_factory(a, "alice", home="laptop")
+    watcher = client_factory(c, "carol")
+    watcher.recorder.wait_for(joined("#common"))
+    first.join("#ops")
+    first.recorder.wait_for(joined("#ops"))
+    second = client_factory(b, "alice", home="phone")  # the same key, another device
+    ended = first.recorder.wait_for(Disconnected)
+    assert ended.replaced and "logged in elsewhere" in ended.reason
+    back = second.recorder.wait_for(joined("#ops"))  # the rooms follow the user
+    assert "alice" in {m.user for m in back.members}
+    mark = watcher.recorder.mark()
+    watcher.request("users")
+    listing = watcher.recorder.wait_for(UserList, after=mark)
+    assert [u.user for u in listing.users].count("alice") == 1
+    second.say("still here", room="#ops")
+    watcher.join("#ops")
+    watcher.recorder.wait_for(joined("#ops"))
+    # Another key cannot use the name while it is online anywhere.
+    from client import LoginError
+
+    with pytest.raises(LoginError):
+        client_factory(c, "alice", key=5, home="mallory")
+
+
+def test_redis_restart_under_traffic_recovers_by_itself(nodes, client_factory, redis_server):
+    a, b = nodes(2)
+    alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
+    alice.say("before")
+    bob.recorder.wait_for(message("before"))
+    redis_server.kill()
+    stopped = time.monotonic()
+    # While Redis is away the nodes keep their users and refuse what needs it, clearly.
+    alice.say("during")
+    refused = alice.recorder.wait_for(lambda e: isinstance(e, ErrorEvent)
+                                      and e.code == "cluster_unavailable")
+    assert "Redis" in refused.message
+    assert a.connection_count() == 1 and b.connection_count() == 1
+    redis_server.start()
+    restarted = time.monotonic()
+    deadline = restarted + WAIT
+    sent = 0
+    while time.monotonic() < deadline:  # resend until a node takes it: recovery time
+        sent += 1
+        mark = bob.recorder.mark()
+        alice.say(f"after {sent}")
+        try:
+            bob.recorder.wait_for(message(f"after {sent}"), timeout=0.5, after=mark)
+            break
+        except AssertionError:
+            continue
+    else:
+        pytest.fail("the cluster did not recover within {WAIT} s of Redis's restart")
+    recovered = time.monotonic()
+    print(f"\nRedis down {restarted - stopped:.2f} s; cluster chat back "
+          f"{recovered - restarted:.2f} s after Redis restarted ({sent} tries)")
+    # Both nodes still know each other's users, and later messages keep increasing ids.
+    mark = alice.recorder.mark()
+    alice.request("users")
+    assert {u.user for u in alice.recorder.wait_for(UserList, after=mark).users} == {
+        "alice", "bob"}
+    ids = [e.id for e in bob.recorder.of_type(RoomMessage) if not e.history]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_a_bad_redis_url_is_a_startup_error_without_traceback(tmp_path):
+    for url in ("bogus://nowhere", f"redis://127.0.0.1:{free_port()}/0"):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), "--port", "0", "--redis", url,
+             "--log", str(tmp_path / "messageslog.json")],
+            capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "--redis" in done.stderr
