@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from client import (
     Disconnected,
     ErrorEvent,
     HistoryPage,
+    PrivateMessage,
     RoomJoined,
+    RoomLeft,
     RoomList,
     RoomMessage,
     StatusChanged,
@@ -247,3 +250,136 @@ def test_a_bad_redis_url_is_a_startup_error_without_traceback(tmp_path):
             capture_output=True, text=True, timeout=30)
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and "--redis" in done.stderr
+
+
+def private_from(peer: str) -> Callable[[Any], bool]:
+    return lambda e: isinstance(e, PrivateMessage) and e.peer == peer and not e.outgoing
+
+
+def test_private_messages_dnd_and_the_offline_queue_across_nodes(nodes, client_factory):
+    a, b, c = nodes(3)
+    alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
+    alice.execute("/pm bob across the cluster")
+    assert bob.recorder.wait_for(private_from("alice")).text == "across the cluster"
+    # DND on node B refuses a message sent from node A, as a single server does.
+    bob.set_status("dnd")
+    alice.recorder.wait_for(lambda e: isinstance(e, StatusChanged) and e.status == "dnd")
+    alice.execute("/pm bob are you there?")
+    refused = alice.recorder.wait_for(lambda e: isinstance(e, ErrorEvent) and e.code == "dnd")
+    assert "bob" in refused.message
+    bob.set_status("online")
+    alice.recorder.wait_for(lambda e: isinstance(e, StatusChanged) and e.status == "online")
+    # bob goes offline; the message waits in the shared mailbox and finds him on node C.
+    bob.quit()
+    alice.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "bob")
+    alice.execute("/pm bob read this when you are back")
+    alice.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and e.outgoing
+                            and e.text == "read this when you are back")
+    bob_again = client_factory(c, "bob")
+    assert bob_again.recorder.wait_for(private_from("alice")).text == \
+        "read this when you are back"
+    assert not [e for e in bob_again.recorder.of_type(PrivateMessage)
+                if e.text == "are you there?"]
+
+
+# -- a node killed with kill -9 -----------------------------------------------------------------
+
+def test_a_killed_node_s_users_vanish_and_come_back_elsewhere(redis_server, client_factory,
+                                                               tmp_path):
+    from clusterlink import HEARTBEAT, NODE_TTL
+    from hostile_net import ServerProcess
+
+    def node(name: str) -> ServerProcess:
+        home = tmp_path / name
+        home.mkdir()
+        return ServerProcess("--port", "0", "--redis", redis_server.url, "--node-id", name,
+                             "--log", str(home / "messageslog.json"))
+
+    doomed, survivor = node("doomed"), node("survivor")
+    try:
+        alice, bob = client_factory(doomed, "alice"), client_factory(survivor, "bob")
+        for client in (alice, bob):
+            client.join("#ops")
+            client.recorder.wait_for(joined("#ops"))
+        alice.recorder.wait_for(lambda e: isinstance(e, UserJoined) and e.user == "bob"
+                                and e.room == "#ops")
+        for i in range(20):  # a storm from both sides; the node dies in the middle of it
+            alice.say(f"storm a{i}", room="#ops")
+            bob.say(f"storm b{i}", room="#ops")
+            if i == 10:
+                doomed.proc.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+        gone = bob.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "alice"
+                                     and e.room == "#ops", timeout=NODE_TTL + 2 * HEARTBEAT + 2)
+        vanished = time.monotonic() - killed
+        print(f"\nkill -9: alice left the other node's rooms {vanished:.2f} s later "
+              f"(bound {NODE_TTL + HEARTBEAT:g} s)")
+        assert gone.reason
+        # alice reconnects to the surviving node and finds her rooms again.
+        alice_back = client_factory(survivor, "alice", home="alice-again")
+        alice_back.recorder.wait_for(joined("#ops"))
+        # No client saw a duplicate or a reordering, and what bob saw is in the survivor's log.
+        seen = [e for e in bob.recorder.of_type(RoomMessage) if e.room == "#ops"
+                and not e.history]
+        ids = [e.id for e in seen]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        bob.quit()
+        bob.recorder.wait_for(Disconnected)
+        logged = []
+        log_path = tmp_path / "survivor" / "messageslog.json"
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:  # the log is written before any send: poll it
+            logged = [json.loads(line) for line in log_path.read_text("utf-8").splitlines()]
+            if {r.get("id") for r in logged} >= set(ids):
+                break
+        assert set(ids) <= {r.get("id") for r in logged if r["event"] == "message"}
+    finally:
+        for proc in (doomed, survivor):
+            if proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGTERM)
+                proc.proc.wait(timeout=WAIT)
+
+
+# -- one address: haproxy in front of the nodes -------------------------------------------------
+
+def test_a_client_reaches_the_cluster_through_haproxy(nodes, client_factory, tmp_path):
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy); CI has it")
+    a, b = nodes(2)
+    port = free_port()
+    template = (ROOT / "deploy" / "haproxy.cfg").read_text("utf-8")
+    backends = "\n".join(f"    server node{i} 127.0.0.1:{node.address[1]} check"
+                         for i, node in enumerate((a, b), 1))
+    config = re.sub(r"(?ms)^    server node1 .*?(?=^\S|\Z)", backends + "\n", template)
+    config = config.replace("bind :5050", f"bind 127.0.0.1:{port}")
+    config = re.sub(r"maxconn \d+", "maxconn 1000", config)  # the test's descriptor limit
+    config = re.sub(r"(?m)^\s*(log|chroot|user|group|daemon|stats socket|pidfile)\b.*$", "",
+                    config)
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config, "utf-8")
+    checked = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    proxy = subprocess.Popen([haproxy, "-db", "-f", str(path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        class Front:
+            address = ("127.0.0.1", port)
+
+        deadline = time.monotonic() + WAIT
+        while True:  # haproxy has no ready signal: wait until it accepts
+            try:
+                socket.create_connection(Front.address, timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proxy.poll() is not None:
+                    proxy.kill()
+                    pytest.fail(f"haproxy did not start: {proxy.communicate()[1]}")
+                time.sleep(0.02)  # polling a process start-up: there is no event to wait on
+        alice = client_factory(Front, "alice")
+        bob = client_factory(b, "bob")
+        alice.say("through haproxy")
+        assert bob.recorder.wait_for(message("through haproxy")).user == "alice"
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=WAIT)
