@@ -43,6 +43,7 @@ from rooms import utc_now
 
 if TYPE_CHECKING:
     from cluster import ClusterChat, Op
+    from userstore import MailboxLimits
 
 log = logging.getLogger("gapshape.cluster")
 
@@ -418,6 +419,32 @@ class RedisLink:
     @staticmethod
     def _presence_key(node: str) -> str:
         return f"{PREFIX}presence:{node}"
+
+
+def open_shared_stores(config: Any, limits: MailboxLimits) -> tuple[Any, ...]:
+    """The registry, registration quota, flood ledger and member store of a cluster node
+    (`config` is a server.ServerConfig): the Redis ones (redisstores.py, redisflood.py), so
+    that they hold cluster-wide."""
+    import redisflood
+    import redisstores
+
+    try:
+        client = redisstores.connect(str(config.redis_url))
+    except ValueError as exc:
+        raise ClusterStartError(f"--redis {config.redis_url}: {exc}") from None
+    registry = redisstores.RedisKeyRegistry(client, max_names_per_key=config.max_names_per_key)
+    try:
+        client.ping()
+        if config.registry.exists():  # the names the single server registered stay theirs
+            adopted = registry.import_file(config.registry)
+            log.info("adopted %d registrations of %s into Redis", adopted, config.registry)
+    except (redis.RedisError, ClusterUnavailable) as exc:
+        raise ClusterStartError(f"cannot use Redis at {config.redis_url}: {exc}") from None
+    registrations = redisflood.RedisRegistrationQuota(
+        client, config.registrations_per_address, config.registrations_per_day)
+    flood = redisflood.RedisFloodLedger(client, config.rate, config.burst,
+                                        kick_after=config.flood_kick_after)
+    return registry, registrations, flood, redisstores.RedisMemberStore(client, limits)
 
 
 def _is_request_error(exc: Exception) -> bool:

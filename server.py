@@ -117,7 +117,10 @@ class ChatServer:
                                      kick_after=config.flood_kick_after)
             self.users: Any = UserStore(config.user_store, limits)
         else:  # a cluster node: what must hold cluster-wide lives in Redis (redisstores.py)
-            self._open_shared_stores(config, limits)
+            from clusterlink import open_shared_stores
+
+            self.registry, self.registrations, self.flood, self.users = open_shared_stores(
+                config, limits)
         self.registrations.seed(self.registry.registration_times())
         options: dict[str, Any] = {"server_id": self.server_id,
                                    "registered_name": self._registered_name, "limits": {
@@ -159,32 +162,6 @@ class ChatServer:
             except Exception:
                 self._listener.close()
                 raise
-
-    def _open_shared_stores(self, config: ServerConfig, limits: MailboxLimits) -> None:
-        import redis
-
-        import redisflood
-        import redisstores
-        from cluster import ClusterStartError
-
-        try:
-            client = redisstores.connect(str(config.redis_url))
-        except ValueError as exc:
-            raise ClusterStartError(f"--redis {config.redis_url}: {exc}") from None
-        self.registry = redisstores.RedisKeyRegistry(client,
-                                                     max_names_per_key=config.max_names_per_key)
-        try:
-            client.ping()
-            if config.registry.exists():  # names the single server registered stay theirs
-                adopted = self.registry.import_file(config.registry)
-                log.info("adopted %d registrations of %s into Redis", adopted, config.registry)
-        except (redis.RedisError, ClusterUnavailable) as exc:
-            raise ClusterStartError(f"cannot use Redis at {config.redis_url}: {exc}") from None
-        self.registrations = redisflood.RedisRegistrationQuota(
-            client, config.registrations_per_address, config.registrations_per_day)
-        self.flood = redisflood.RedisFloodLedger(client, config.rate, config.burst,
-                                                 kick_after=config.flood_kick_after)
-        self.users = redisstores.RedisMemberStore(client, limits)
 
     def _registered_name(self, name: str) -> str | None:
         entry = self.registry.lookup(name)

@@ -7,7 +7,6 @@ as subprocesses where a node must die with kill -9.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -15,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -26,7 +24,6 @@ from client import (
     HistoryPage,
     PrivateMessage,
     RoomJoined,
-    RoomLeft,
     RoomList,
     RoomMessage,
     StatusChanged,
@@ -122,6 +119,11 @@ def test_room_messages_reach_every_node_once_in_one_order(nodes, client_factory)
         sent = after.get("EVALSHA", 0) - before.get("EVALSHA", 0)
         per_message.append(sent)
     assert per_message == [5, 5, 5]  # one EVALSHA (INCR + XADD) per message its node sent
+    reads = [node.link.op_counts().get("XREAD", 0) - before.get("XREAD", 0)
+             for node, before in zip((a, b, c), counts_before, strict=True)]
+    print(f"\nRedis commands for 15 room messages: EVALSHA per node {per_message}, "
+          f"XREAD per node {reads} (one XREAD brings a batch)")
+    assert all(r <= 15 + 3 for r in reads)  # at most one read per op (plus idle timeouts)
 
 
 def test_presence_listings_show_the_whole_cluster(nodes, client_factory):
@@ -383,3 +385,13 @@ def test_a_client_reaches_the_cluster_through_haproxy(nodes, client_factory, tmp
     finally:
         proxy.terminate()
         proxy.wait(timeout=WAIT)
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+def test_reuse_port_lets_two_nodes_share_one_port(nodes, client_factory):
+    (a,) = nodes(1, reuse_port=True)
+    (b,) = nodes(1, reuse_port=True, port=a.address[1])
+    assert a.address == b.address
+    alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
+    alice.say("one port")
+    assert bob.recorder.wait_for(message("one port")).user == "alice"
