@@ -232,8 +232,8 @@ class ClusterChat(ChatState):
                 self.link.submit({"op": "logout", "user": member.name, "sid": sid,
                                   "reason": reason})
                 return
-            except ClusterUnavailable:
-                pass
+            except (ClusterUnavailable, RequestError):
+                pass  # Redis went away meanwhile: leave here at least
         # Redis is away: the user leaves this node now; the others learn it from this
         # node's resynchronisation when Redis is back (or from its heartbeat's end).
         with self._applying({"op": "logout", "node": ""}):  # no store writes: Redis is away

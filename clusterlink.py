@@ -120,7 +120,9 @@ class RedisLink:
             self.client.ping()
             self._last_entry = self._stream_end()
             self._backfill(logged_next_id)
-            self._join(logged_next_id, announce=False)
+            # Announced, so that a node restarted under the same --node-id replaces the
+            # users its previous run left in the others' replicas.
+            self._join(logged_next_id, announce=True)
             self._load_presence()
         except redis.RedisError as exc:
             raise ClusterStartError(f"cannot use Redis at {self.url}: {exc}") from None
