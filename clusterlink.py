@@ -280,6 +280,9 @@ class RedisLink:
                 self.reader.ping()
                 assert self.chat is not None
                 self._join(self.chat.journal.next_id, announce=True)
+                # What the stream no longer holds of the gap: the live nodes' presence.
+                self._load_presence()
+                self.flush()
             except redis.RedisError as retry_error:
                 log.debug("Redis still unreachable: %s", retry_error)
                 backoff = min(backoff * 2, BACKOFF_MAX)
