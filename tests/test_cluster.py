@@ -124,6 +124,14 @@ def test_room_messages_reach_every_node_once_in_one_order(nodes, client_factory)
     print(f"\nRedis commands for 15 room messages: EVALSHA per node {per_message}, "
           f"XREAD per node {reads} (one XREAD brings a batch)")
     assert all(r <= 15 + 3 for r in reads)  # at most one read per op (plus idle timeouts)
+    # A join: one op (EVALSHA) and the node's presence entry (HSET), however big the room.
+    before = a.link.op_counts()
+    alice.join("#extra")
+    alice.recorder.wait_for(joined("#extra"))
+    after = a.link.op_counts()
+    spent = {k: after[k] - before.get(k, 0) for k in ("EVALSHA", "HSET")}
+    print(f"Redis commands for one join on its node: {spent} (+ the store's room write)")
+    assert spent == {"EVALSHA": 1, "HSET": 1}
 
 
 def test_presence_listings_show_the_whole_cluster(nodes, client_factory):
@@ -261,8 +269,17 @@ def private_from(peer: str) -> Callable[[Any], bool]:
 def test_private_messages_dnd_and_the_offline_queue_across_nodes(nodes, client_factory):
     a, b, c = nodes(3)
     alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
+    alice.execute("/pm bob first contact")  # fetches and pins bob's key first
+    bob.recorder.wait_for(private_from("alice"))
+    before = a.link.op_counts()
     alice.execute("/pm bob across the cluster")
     assert bob.recorder.wait_for(private_from("alice")).text == "across the cluster"
+    alice.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and e.outgoing
+                            and e.text == "across the cluster")
+    after = a.link.op_counts()
+    print(f"\nRedis commands for one private message on its node: EVALSHA "
+          f"{after['EVALSHA'] - before['EVALSHA']}")
+    assert after["EVALSHA"] - before["EVALSHA"] == 1
     # DND on node B refuses a message sent from node A, as a single server does.
     bob.set_status("dnd")
     alice.recorder.wait_for(lambda e: isinstance(e, StatusChanged) and e.status == "dnd")
