@@ -271,11 +271,10 @@ def test_private_messages_dnd_and_the_offline_queue_across_nodes(nodes, client_f
     alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
     alice.execute("/pm bob first contact")  # fetches and pins bob's key first
     bob.recorder.wait_for(private_from("alice"))
-    before = a.link.op_counts()
+    before, mark = a.link.op_counts(), bob.recorder.mark()
     alice.execute("/pm bob across the cluster")
-    assert bob.recorder.wait_for(private_from("alice")).text == "across the cluster"
-    alice.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and e.outgoing
-                            and e.text == "across the cluster")
+    received = bob.recorder.wait_for(private_from("alice"), after=mark)
+    assert received.text == "across the cluster"
     after = a.link.op_counts()
     print(f"\nRedis commands for one private message on its node: EVALSHA "
           f"{after['EVALSHA'] - before['EVALSHA']}")
