@@ -35,7 +35,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, cast
 
 from errors import ClusterUnavailable, GapshapeError, ServerFull
 from floodcontrol import FloodLedger, RegistrationQuota
@@ -48,6 +48,7 @@ from transport import BacklogBudget, Connection, Writer
 from userstore import MailboxLimits, UserStore
 
 if TYPE_CHECKING:
+    from cluster import ClusterChat
     from clusterlink import RedisLink
 
 log = logging.getLogger("gapshape.server")
@@ -158,7 +159,7 @@ class ChatServer:
         if self.link is not None:
             self.link.flush = self.flush
             try:
-                self.link.start(self.state, self.log.next_id)
+                self.link.start(cast("ClusterChat", self.state), self.log.next_id)
             except Exception:
                 self._listener.close()
                 raise

@@ -351,6 +351,15 @@ def test_a_killed_node_s_users_vanish_and_come_back_elsewhere(redis_server, clie
             if {r.get("id") for r in logged} >= set(ids):
                 break
         assert set(ids) <= {r.get("id") for r in logged if r["event"] == "message"}
+        # What the killed node's client received is in the killed node's own log (written
+        # before every send), without duplicates or reordering either.
+        theirs = [e.id for e in alice.recorder.of_type(RoomMessage) if e.room == "#ops"
+                  and not e.history]
+        assert theirs == sorted(theirs) and len(set(theirs)) == len(theirs)
+        doomed_log = (tmp_path / "doomed" / "messageslog.json").read_text("utf-8")
+        doomed_ids = {json.loads(line).get("id") for line in doomed_log.splitlines()
+                      if line.strip().endswith("}")}
+        assert set(theirs) <= doomed_ids
     finally:
         for proc in (doomed, survivor):
             if proc.proc.poll() is None:
