@@ -35,9 +35,9 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, cast
 
-from errors import GapshapeError, ServerFull
+from errors import ClusterUnavailable, GapshapeError, ServerFull
 from floodcontrol import FloodLedger, RegistrationQuota
 from gapshape_version import __version__
 from keyregistry import KeyRegistry, KeyRegistryError
@@ -46,6 +46,10 @@ from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
 from transport import BacklogBudget, Connection, Writer
 from userstore import MailboxLimits, UserStore
+
+if TYPE_CHECKING:
+    from cluster import ClusterChat
+    from clusterlink import RedisLink
 
 log = logging.getLogger("gapshape.server")
 
@@ -80,6 +84,9 @@ class ServerConfig:
     max_per_address: int = 100
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    redis_url: str | None = None  # a node of the cluster sharing this Redis (cluster.py)
+    node_id: str | None = None  # default: host-pid-random
+    reuse_port: bool = False  # SO_REUSEPORT: several processes on one port
 
     @property
     def registry(self) -> Path:
@@ -99,18 +106,36 @@ class ChatServer:
         self.tls_context = _make_tls_context(config)
         self.server_id = _server_id(config)
         self.log = MessageLog(config.log_path, history_budget=config.history_budget)
-        self.registry = KeyRegistry(config.registry, max_names_per_key=config.max_names_per_key)
         self.registration_lock = threading.Lock()
-        self.registrations = RegistrationQuota(config.registrations_per_address,
-                                               config.registrations_per_day)
+        limits = MailboxLimits(config.queue_per_user, config.queue_total, config.queue_bytes,
+                               config.queue_max_age)
+        if config.redis_url is None:
+            self.registry: Any = KeyRegistry(config.registry,
+                                             max_names_per_key=config.max_names_per_key)
+            self.registrations = RegistrationQuota(config.registrations_per_address,
+                                                   config.registrations_per_day)
+            self.flood = FloodLedger(config.rate, config.burst,
+                                     kick_after=config.flood_kick_after)
+            self.users: Any = UserStore(config.user_store, limits)
+        else:  # a cluster node: what must hold cluster-wide lives in Redis (redisstores.py)
+            from clusterlink import open_shared_stores
+
+            self.registry, self.registrations, self.flood, self.users = open_shared_stores(
+                config, limits)
         self.registrations.seed(self.registry.registration_times())
-        self.flood = FloodLedger(config.rate, config.burst, kick_after=config.flood_kick_after)
-        self.users = UserStore(config.user_store, MailboxLimits(
-            config.queue_per_user, config.queue_total, config.queue_bytes, config.queue_max_age))
-        self.state = ChatState(self.log, self.users, server_id=self.server_id,
-                               registered_name=self._registered_name, limits={
+        options: dict[str, Any] = {"server_id": self.server_id,
+                                   "registered_name": self._registered_name, "limits": {
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
-            "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS})
+            "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS}}
+        self.link: RedisLink | None = None
+        if config.redis_url is None:
+            self.state = ChatState(self.log, self.users, **options)
+        else:  # a node of a cluster: the state's changes go through Redis (cluster.py)
+            from cluster import ClusterChat
+            from clusterlink import RedisLink
+
+            self.link = RedisLink(config.redis_url, config.node_id)
+            self.state = ClusterChat(self.link, self.log, self.users, **options)
         self.dirty: collections.deque[Connection] = collections.deque()
         self.backlog = BacklogBudget(config.outbox_total)
         self.writer = Writer(self)
@@ -127,9 +152,17 @@ class ChatServer:
         # lives on the stack, and a thread's stack pages stay resident for its whole life.
         self.crypto_pool = concurrent.futures.ThreadPoolExecutor(2, "gapshape-crypto")
         self._stopped = threading.Event()
-        self._listener = socket.create_server((config.host, config.port), backlog=1024)
+        self._listener = socket.create_server((config.host, config.port), backlog=1024,
+                                              reuse_port=config.reuse_port)
         self._listener.settimeout(0.2)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        if self.link is not None:
+            self.link.flush = self.flush
+            try:
+                self.link.start(cast("ClusterChat", self.state), self.log.next_id)
+            except Exception:
+                self._listener.close()
+                raise
 
     def _registered_name(self, name: str) -> str | None:
         entry = self.registry.lookup(name)
@@ -246,6 +279,8 @@ class ChatServer:
             self._conn_gone.wait_for(lambda: not self._connections, timeout=0.7)
         self.writer.stop()
         self.crypto_pool.shutdown(wait=False)
+        if self.link is not None:
+            self.link.stop()
         self.log.close()
         self.users.close()
         log.info("stopped")
@@ -507,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-address", type=at_least_one, default=d.max_per_address, help="connections from one IP address (default %(default)s)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (if not in the same file)")
+    p.add_argument("--redis", metavar="URL", default=os.environ.get("GAPSHAPE_REDIS") or None, help="redis://HOST:PORT/DB: be a node of the cluster sharing this Redis (default: $GAPSHAPE_REDIS; none: a single server)")
+    p.add_argument("--node-id", help="this node's name in the cluster (default: host-pid-random)")
+    p.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: let several server processes listen on the same port (Linux, BSD)")
     p.add_argument("--console-log", type=Path, metavar="FILE", help="write the console log to FILE instead of stderr; SIGHUP reopens it (logrotate)")
     p.add_argument("--forget-user", metavar="NAME", help="operator: remove NAME's key registration (lost key) and exit")
     p.add_argument("--verbose", action="store_true", help="debug logging, and tracebacks with start-up errors")
@@ -529,6 +567,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         registrations_per_day=args.registrations_per_day,
         max_clients=args.max_clients, max_per_address=args.max_per_address,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
+        redis_url=args.redis, node_id=args.node_id, reuse_port=args.reuse_port,
     )
 
 
@@ -665,8 +704,17 @@ def start_server(config: ServerConfig) -> ChatServer:
     config = fit_descriptor_limit(config, raise_fd_limit())
     limit_malloc_arenas()
     threading.stack_size(THREAD_STACK_SIZE)
+    if config.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise StartupError("--reuse-port: this platform has no SO_REUSEPORT; run the "
+                           "processes on different ports behind haproxy (deploy/README.md)")
+    from cluster import ClusterStartError
+
     try:
         return ChatServer(config)
+    except ClusterStartError as exc:
+        raise StartupError(f"{exc}: check the --redis URL and that redis-server runs") from exc
+    except ClusterUnavailable as exc:
+        raise StartupError(f"--redis {config.redis_url}: {exc.message}") from exc
     except KeyRegistryError as exc:
         raise StartupError(str(exc)) from exc
     except OSError as exc:
@@ -696,9 +744,16 @@ def _describe_os_error(exc: OSError, config: ServerConfig) -> str:
 
 def forget_user(config: ServerConfig, username: str) -> int:
     try:
-        removed = KeyRegistry(config.registry).forget(username)
-    except KeyRegistryError as exc:
+        if config.redis_url is not None:  # the cluster's registry: every node at once
+            import redisstores
+
+            removed = redisstores.forget_user(config.redis_url, username)
+        else:
+            removed = KeyRegistry(config.registry).forget(username)
+    except (KeyRegistryError, ValueError) as exc:
         raise StartupError(str(exc)) from exc
+    except ClusterUnavailable as exc:
+        raise StartupError(f"--forget-user: {exc.message} (Redis at {config.redis_url})") from exc
     print(f"{username}: {'registration removed' if removed else 'was not registered'}")
     return 0
 
