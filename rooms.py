@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
+from presence import BATCH_FROM, PresenceBatcher
 from protocol import PROTOCOL_VERSION, encode_frame
 from userstore import MailboxFull, UserStore
 
@@ -213,6 +214,8 @@ class ChatState:
         self._members: dict[str, Member] = {}
         self._member_order: list[str] = []  # the keys of _members, sorted, for paging
         self._rooms: dict[str, Room] = {COMMON_ROOM: Room()}
+        # Arrivals and departures in rooms of BATCH_FROM members or more (presence.py).
+        self.presence = PresenceBatcher(self.flush_presence)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -433,6 +436,18 @@ class ChatState:
                 self._receipt(queued.sender, {"type": "private_delivered", "id": queued.id,
                                               "to": member.name, "time": now})
 
+    def flush_presence(self) -> None:
+        """Send each big room's gathered arrivals and departures: one `presence` frame,
+        encoded once, to each of its members (presence.py calls this once per interval)."""
+        with self.lock:
+            now = self.clock()
+            for room, changes in self.presence.take().items():
+                members = self._rooms.get(room)
+                if members:
+                    data = encode_frame(changes.frame(room, len(members), now))
+                    for member in members:
+                        member.outbox.push(data, False)
+
     def broadcast_all(self, frame: dict[str, Any]) -> None:
         """Send one frame to every user (server notices, the goodbye at shutdown)."""
         with self.lock:
@@ -483,8 +498,11 @@ class ChatState:
         if members is None:
             members = self._rooms[room] = Room()
         if member not in members:
-            self._broadcast(room, {"type": "user_joined", "room": room, **member.summary(),
-                                   "time": now}, urgent=False)
+            if len(members) >= BATCH_FROM:  # a big room: O(1) per member per interval
+                self.presence.note_joined(room, member.key, member.name)
+            else:
+                self._broadcast(room, {"type": "user_joined", "room": room,
+                                       **member.summary(), "time": now}, urgent=False)
             members.add(member)
             if room not in member.rooms:
                 member.rooms[room] = None
@@ -507,8 +525,11 @@ class ChatState:
             members.remove(member)
             if not members and room != COMMON_ROOM:
                 del self._rooms[room]
-            self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
-                                   "reason": reason, "time": now}, urgent=False)
+            if len(members) >= BATCH_FROM:  # as in _enter: the members who would hear it
+                self.presence.note_left(room, member.key, member.name, reason)
+            else:
+                self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
+                                       "reason": reason, "time": now}, urgent=False)
         if reason == "left":
             member.rooms.pop(room, None)
             if member.room == room:

@@ -305,8 +305,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def profiled(settings: Settings, server: ServerProcess, name: str, seconds: float) -> Iterator[None]:
-    """With --profile, py-spy the Gapshape server for `seconds` while the body runs."""
+def profiled(settings: Settings, server: ServerProcess, name: str, seconds: float,
+             rate: int = 200) -> Iterator[None]:
+    """With --profile, py-spy the Gapshape server for `seconds` while the body runs: the
+    thread holding the GIL (--gil), which is what limits a server of many threads."""
     if settings.profile is None or server.kind != GAPSHAPE or not shutil.which("py-spy"):
         yield
         return
@@ -314,8 +316,8 @@ def profiled(settings: Settings, server: ServerProcess, name: str, seconds: floa
     out = settings.profile / f"{name}.txt"
     spy = subprocess.Popen(
         ["py-spy", "record", "--pid", str(server.pid), "--duration", str(max(1, round(seconds))),
-         "--rate", "200", "--format", "raw", "--threads", "--nonblocking", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--rate", str(rate), "--format", "raw", "--gil", "--nonblocking", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=open(settings.profile / f"{name}.log", "wb"))
     try:
         yield
     finally:
@@ -567,7 +569,8 @@ def storm_rows(bench: Bench, n: int) -> list[Row]:
     say(f"  storm N={n}: crypto floor {floor:.2f} s (sign {sign:.2f} s + verify {verify:.2f} s)")
     times: dict[str, list[float]] = {GAPSHAPE: [], RELAY: []}
     for _, kind in alternate(1):
-        with bench.server(kind) as server:
+        with bench.server(kind) as server, profiled(bench.settings, server, f"storm-{n}",
+                                                    max(3.0, floor * 2), rate=50):
             times[kind].append(bench.connect(server, bench.split(n)))
         say(f"  storm N={n} {kind}: {times[kind][-1]:.2f} s")
     notes = {"sign_s": round(sign, 3), "verify_s": round(verify, 3),
