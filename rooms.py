@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
 from presence import BATCH_FROM, PresenceBatcher
-from protocol import PROTOCOL_VERSION, encode_frame
+from protocol import PROTOCOL_VERSION, encode_frame, encode_frame_with, encode_json
 from userstore import MailboxFull, UserStore
 
 COMMON_ROOM = "#common"
@@ -156,11 +156,14 @@ class Member:
 class Room:
     """A room's members, kept in name order too, so that any page of them costs O(page)."""
 
-    __slots__ = ("members", "order")
+    __slots__ = ("members", "order", "_first_page")
 
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}  # casefolded name -> member
         self.order: list[str] = []  # the same keys, sorted
+        # The first page's JSON and cursor, which every `joined` carries: in a login storm
+        # most arrivals fall beyond it, so it is encoded once for many joins.
+        self._first_page: tuple[bytes, str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -174,11 +177,28 @@ class Room:
     def add(self, member: Member) -> None:
         if member.key not in self.members:
             bisect.insort(self.order, member.key)
+            self._changed(member.key)
         self.members[member.key] = member
 
     def remove(self, member: Member) -> None:
         del self.members[member.key]
+        self._changed(member.key)
         del self.order[bisect.bisect_left(self.order, member.key)]
+
+    def _changed(self, key: str) -> None:
+        """`key` came or goes (or its summary changed): forget the first page if it shows
+        there, or if the page's cursor moves (a page that was complete no longer is)."""
+        if self._first_page is not None and (
+                len(self.order) <= MEMBER_PAGE + 1
+                or bisect.bisect_left(self.order, key) <= MEMBER_PAGE):
+            self._first_page = None
+
+    def first_page(self) -> tuple[bytes, str | None]:
+        """The first MEMBER_PAGE members' summaries as JSON, and the next page's cursor."""
+        if self._first_page is None:
+            page, cursor = self.page(None, MEMBER_PAGE)
+            self._first_page = (encode_json([m.summary() for m in page]), cursor)
+        return self._first_page
 
     def page(self, after: str | None, size: int) -> tuple[list[Member], str | None]:
         """Up to `size` members named after `after` (casefolded), and the next cursor."""
@@ -382,6 +402,9 @@ class ChatState:
         note = clean_text(note or "", MAX_NOTE_CHARS, "status note").strip()
         with self.lock:
             member.status, member.note = status, note
+            for room in member.rooms:
+                if room in self._rooms:
+                    self._rooms[room]._changed(member.key)
             now = self.clock()
             self.journal.append({"event": "status", "time": now, "user": member.name,
                                  "status": status, "note": note})
@@ -511,11 +534,11 @@ class ChatState:
         member.room = room
         history = [{key: value for key, value in record.items() if key != "event"}
                    for record in self.journal.history(room)[-HISTORY_SIZE:]]
-        page, cursor = members.page(None, MEMBER_PAGE)
-        self._send(member, {"type": "joined", "room": room,
-                            "members": [m.summary() for m in page],
-                            "member_count": len(members), "members_next": cursor,
-                            "history": history, "last_seen": last_seen, "time": now})
+        page, cursor = members.first_page()
+        member.outbox.push(encode_frame_with(
+            {"type": "joined", "room": room, "member_count": len(members),
+             "members_next": cursor, "history": history, "last_seen": last_seen, "time": now},
+            "members", page))
 
     def _leave(self, member: Member, room: str, now: str, reason: str) -> None:
         """Take a member out of a room's online members, and out of their rooms if they

@@ -534,11 +534,13 @@ def idle_rows(bench: Bench, n: int) -> list[Row]:
 
 
 def verify_floor(bench: Bench, n: int) -> float:
-    """Seconds for a pool like the server's (two threads, auth.verify_login, which parses
-    the key each time as the server does) to verify `n` login proofs."""
+    """Seconds for a pool like the server's (server.CRYPTO_THREADS threads running
+    auth.verify_login, which parses the key each time as the server does) to verify `n`
+    login proofs."""
     import concurrent.futures
 
     import auth
+    from server import CRYPTO_THREADS
 
     signer = Signer(bench.private_der)
     proofs = []
@@ -546,7 +548,7 @@ def verify_floor(bench: Bench, n: int) -> float:
         nonce, user = os.urandom(32), f"w0c{number:05d}"
         proofs.append((bench.public_der, signer(nonce, user, "0123456789abcdef"), nonce, user,
                        "0123456789abcdef"))
-    with concurrent.futures.ThreadPoolExecutor(2, "floor-verify") as pool:
+    with concurrent.futures.ThreadPoolExecutor(CRYPTO_THREADS, "floor-verify") as pool:
         started = time.monotonic()
         futures = [pool.submit(auth.verify_login, *proofs[i % len(proofs)]) for i in range(n)]
         for future in futures:
