@@ -776,7 +776,13 @@ class Worker:
         self.pipe.send({"seconds": time.monotonic() - started, "failed": 0})
 
     def op_soak(self, msg: dict[str, Any]) -> None:
-        senders = self._senders(msg["senders"])
+        firsts: dict[str, Client] = {}  # one sender per room, as far as `senders` goes
+        for client in self.clients:
+            firsts.setdefault(client.room, client)
+        chosen = list(firsts.values())[: msg["senders"]]
+        for client in self.clients:
+            client.sender = client in chosen
+        senders = chosen
         pool = [c for c in self.clients if not c.sender]
         churners = pool[: msg["churners"]]
         self.start_phase(SoakPhase(self, senders, churners, msg["first_index"],
