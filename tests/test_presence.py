@@ -105,6 +105,9 @@ def test_batched_changes_are_netted_and_departures_carry_their_reason() -> None:
     _, watcher = people[0]
     leaver, _ = people[1]
     bouncer, _ = people[2]
+    state.flush_presence()  # the last five arrivals were a batch of their own
+    assert watcher.of("presence")[0]["joined_count"] == 5
+    watcher.frames.clear()
     state.logout(leaver, "quit")
     state.logout(bouncer, "connection closed by client")
     state.login(bouncer.name, Inbox())  # back within the interval: no news
