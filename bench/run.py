@@ -891,7 +891,8 @@ def table(rows: list[Row]) -> str:
         met = {True: "yes", False: "NO", None: ""}[row.met]
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
         lines.append((row.label, row.unit, fmt(row.g, row.unit),
-                      f"{fmt(row.b, row.unit)} ({row.baseline_name})", ratio,
+                      f"{fmt(row.b, row.unit)} ({row.baseline_name})" if row.baseline_name
+                      else "-", ratio,
                       row.target.replace(" x", "x"), met))
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
     out = []
