@@ -6,7 +6,9 @@ list). From BATCH_FROM members on, that would cost O(members) frames per arrival
 for a login storm of N clients; instead `PresenceBatcher` notes the changes of each big
 room and, once per `interval`, `ChatState` sends every member of that room one `presence`
 frame (docs/PROTOCOL.md §5): the member count, how many came and went, and the first
-SAMPLE_NAMES names of each. So a member pays O(1) per interval however many arrive.
+SAMPLE_NAMES names of each. So a member pays O(1) per interval however many arrive. The
+interval is 1 s, longer (up to 5 s) when a flush reaches more than PUSHES_PER_SECOND
+members, so that the server's whole presence work stays bounded too.
 
 Changes are netted: someone who leaves and comes back within one interval (a reconnect, a
 takeover) is reported as neither. The batcher holds no lock of its own for its pending
@@ -24,7 +26,12 @@ from typing import Any, Callable
 
 BATCH_FROM = 200  # members (rooms.MEMBER_PAGE): from here on `joined` lists a page only
 SAMPLE_NAMES = 10  # names of arrivals (and of departures) one `presence` frame carries
-INTERVAL = 1.0  # seconds between two `presence` frames of one room
+INTERVAL = 1.0  # seconds between two `presence` frames of one room, at the least
+MAX_INTERVAL = 5.0
+# A flush pushes one frame to every member of each big room: past this many members a
+# second the interval grows (a room of 10,000 hears every 2 s), so that presence costs
+# the server a bounded share of its time however big the room.
+PUSHES_PER_SECOND = 5000
 
 
 @dataclass(slots=True)
@@ -51,7 +58,7 @@ class PresenceBatcher:
     are pending; it should take the state's lock and call `take`."""
 
     def __init__(self, flush: Callable[[], None], interval: float = INTERVAL) -> None:
-        self.interval = interval
+        self.interval = self.base_interval = interval
         self._flush = flush
         self._pending: dict[str, RoomChanges] = {}
         self._cond = threading.Condition()
@@ -77,6 +84,10 @@ class PresenceBatcher:
         """Every room's pending changes, forgetting them."""
         pending, self._pending = self._pending, {}
         return pending
+
+    def pace(self, pushes: int) -> None:
+        """A flush just pushed `pushes` frames: set the interval before the next one."""
+        self.interval = min(MAX_INTERVAL, max(self.base_interval, pushes / PUSHES_PER_SECOND))
 
     @property
     def pending_rooms(self) -> int:

@@ -464,12 +464,15 @@ class ChatState:
         encoded once, to each of its members (presence.py calls this once per interval)."""
         with self.lock:
             now = self.clock()
+            pushes = 0
             for room, changes in self.presence.take().items():
                 members = self._rooms.get(room)
                 if members:
                     data = encode_frame(changes.frame(room, len(members), now))
                     for member in members:
                         member.outbox.push(data, False)
+                    pushes += len(members)
+            self.presence.pace(pushes)
 
     def broadcast_all(self, frame: dict[str, Any]) -> None:
         """Send one frame to every user (server notices, the goodbye at shutdown)."""

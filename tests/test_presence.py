@@ -71,7 +71,7 @@ def crowd(state: ChatState, count: int, prefix: str = "user") -> list[tuple[Any,
 def quiet_state() -> ChatState:
     """A state whose presence ticker would wait an hour: the test flushes by hand."""
     state = ChatState(Journal())
-    state.presence.interval = 3600.0
+    state.presence.interval = state.presence.base_interval = 3600.0
     return state
 
 
@@ -121,13 +121,23 @@ def test_batched_changes_are_netted_and_departures_carry_their_reason() -> None:
 
 def test_the_ticker_sends_a_batch_without_being_asked() -> None:
     state = ChatState(Journal())
-    state.presence.interval = 0.05
+    state.presence.interval = state.presence.base_interval = 0.05
     people = crowd(state, presence.BATCH_FROM)
     crowd(state, 1, prefix="zz")
     _, watcher = people[0]
     assert watcher.presence.wait(WAIT)
     assert watcher.of("presence")[0]["joined"] == ["zz0000"]
     state.presence.close()
+
+
+def test_the_interval_grows_with_the_pushes_a_flush_costs() -> None:
+    batcher = presence.PresenceBatcher(lambda: None)
+    batcher.pace(100)
+    assert batcher.interval == presence.INTERVAL
+    batcher.pace(2 * presence.PUSHES_PER_SECOND * presence.INTERVAL)
+    assert batcher.interval == 2 * presence.INTERVAL
+    batcher.pace(10**9)
+    assert batcher.interval == presence.MAX_INTERVAL
 
 
 def test_the_shared_first_page_follows_arrivals_departures_and_status() -> None:
