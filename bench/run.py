@@ -1,8 +1,9 @@
 """Gapshape against a bare relay, side by side: one table of medians and ratios.
 
-    python bench/run.py                 # every row: about 13 minutes on 2 cores, 7 of them
-                                        # spent logging 10,000 clients into Gapshape
-    python bench/run.py --quick         # every row, small and short: under a minute
+    python bench/run.py                 # every default row: about 10 minutes on 2 cores
+                                        # with --idle 10000 (run 3 of docs/PERFORMANCE.md)
+    python bench/run.py --quick         # the default rows but ngircd, small: under a minute
+    python bench/run.py --rows soak --soak-minutes 6   # churn and RSS; only when named
     python bench/run.py --rows throughput,latency --receivers 100 --repeats 5
     python bench/run.py --profile /tmp/prof   # also py-spy the server in each network run
     python bench/run.py --table bench/results.json   # print an earlier run's table again
@@ -24,6 +25,14 @@ median of the ratios of runs measured back to back):
               (the baseline: PSS sign + OAEP wrap + GCM; PSS verify + OAEP unwrap + GCM)
   log         messagelog append cost at 0 and at --log-entries entries (bench/logbench.py)
               and the time `server.py` takes to print its "listening" line with that log
+  scrollback  a history page (100 messages) on the --log-entries log against a 1,000-line one
+  storm       N clients log in and join at once, against the crypto floor of the same run:
+              the load generator signing N proofs plus the server's kind of pool verifying N
+  reconnect   N clients connected, the server restarted: until all are back in their rooms
+  ngircd      Debian's ngircd over IRC, same shapes: deliveries/s N=100, latency (skipped
+              with a note when it is not installed)
+  soak        churn (300 clients, 6 rooms, 200 msg/s, a tenth reconnecting abruptly):
+              RSS per sample and 10 s after all left; only with --rows soak
 
 Results also go to a JSON file (default bench/results.json, or bench/results-quick.json).
 This script asserts nothing about timings; it fails only if a run goes wrong (a refused
