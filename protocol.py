@@ -58,6 +58,21 @@ def encode_frame(frame: Mapping[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def encode_frame_with(frame: Mapping[str, Any], key: str, raw_json: bytes) -> bytes:
+    """A frame as wire bytes with `key` set to `raw_json`, JSON already encoded (by
+    encode_body or encode_json): a part shared by many frames, such as a room's first page
+    of members, is encoded once, not once per frame. `frame` must not hold `key`."""
+    rest = encode_body(frame)  # ends with "}"; `key` goes last, so "type" stays first
+    tail = b'"' + key.encode() + b'":' + raw_json + b"}"
+    body = rest[:-1] + (b"," + tail if len(rest) > 2 else tail)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_json(value: Any) -> bytes:
+    """Any JSON value as UTF-8, as encode_body writes it (for encode_frame_with)."""
+    return _encoder.encode(value).encode("utf-8", "replace")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

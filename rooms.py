@@ -29,7 +29,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
-from protocol import PROTOCOL_VERSION, encode_frame
+from presence import BATCH_FROM, PresenceBatcher
+from protocol import PROTOCOL_VERSION, encode_frame, encode_frame_with, encode_json
 from userstore import MailboxFull, UserStore
 
 COMMON_ROOM = "#common"
@@ -155,11 +156,14 @@ class Member:
 class Room:
     """A room's members, kept in name order too, so that any page of them costs O(page)."""
 
-    __slots__ = ("members", "order")
+    __slots__ = ("members", "order", "_first_page")
 
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}  # casefolded name -> member
         self.order: list[str] = []  # the same keys, sorted
+        # The first page's JSON and cursor, which every `joined` carries: in a login storm
+        # most arrivals fall beyond it, so it is encoded once for many joins.
+        self._first_page: tuple[bytes, str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -173,11 +177,28 @@ class Room:
     def add(self, member: Member) -> None:
         if member.key not in self.members:
             bisect.insort(self.order, member.key)
+            self._changed(member.key)
         self.members[member.key] = member
 
     def remove(self, member: Member) -> None:
         del self.members[member.key]
+        self._changed(member.key)
         del self.order[bisect.bisect_left(self.order, member.key)]
+
+    def _changed(self, key: str) -> None:
+        """`key` came or goes (or its summary changed): forget the first page if it shows
+        there, or if the page's cursor moves (a page that was complete no longer is)."""
+        if self._first_page is not None and (
+                len(self.order) <= MEMBER_PAGE + 1
+                or bisect.bisect_left(self.order, key) <= MEMBER_PAGE):
+            self._first_page = None
+
+    def first_page(self) -> tuple[bytes, str | None]:
+        """The first MEMBER_PAGE members' summaries as JSON, and the next page's cursor."""
+        if self._first_page is None:
+            page, cursor = self.page(None, MEMBER_PAGE)
+            self._first_page = (encode_json([m.summary() for m in page]), cursor)
+        return self._first_page
 
     def page(self, after: str | None, size: int) -> tuple[list[Member], str | None]:
         """Up to `size` members named after `after` (casefolded), and the next cursor."""
@@ -213,6 +234,8 @@ class ChatState:
         self._members: dict[str, Member] = {}
         self._member_order: list[str] = []  # the keys of _members, sorted, for paging
         self._rooms: dict[str, Room] = {COMMON_ROOM: Room()}
+        # Arrivals and departures in rooms of BATCH_FROM members or more (presence.py).
+        self.presence = PresenceBatcher(self.flush_presence)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -379,6 +402,9 @@ class ChatState:
         note = clean_text(note or "", MAX_NOTE_CHARS, "status note").strip()
         with self.lock:
             member.status, member.note = status, note
+            for room in member.rooms:
+                if room in self._rooms:
+                    self._rooms[room]._changed(member.key)
             now = self.clock()
             self.journal.append({"event": "status", "time": now, "user": member.name,
                                  "status": status, "note": note})
@@ -433,6 +459,21 @@ class ChatState:
                 self._receipt(queued.sender, {"type": "private_delivered", "id": queued.id,
                                               "to": member.name, "time": now})
 
+    def flush_presence(self) -> None:
+        """Send each big room's gathered arrivals and departures: one `presence` frame,
+        encoded once, to each of its members (presence.py calls this once per interval)."""
+        with self.lock:
+            now = self.clock()
+            pushes = 0
+            for room, changes in self.presence.take().items():
+                members = self._rooms.get(room)
+                if members:
+                    data = encode_frame(changes.frame(room, len(members), now))
+                    for member in members:
+                        member.outbox.push(data, False)
+                    pushes += len(members)
+            self.presence.pace(pushes)
+
     def broadcast_all(self, frame: dict[str, Any]) -> None:
         """Send one frame to every user (server notices, the goodbye at shutdown)."""
         with self.lock:
@@ -483,8 +524,11 @@ class ChatState:
         if members is None:
             members = self._rooms[room] = Room()
         if member not in members:
-            self._broadcast(room, {"type": "user_joined", "room": room, **member.summary(),
-                                   "time": now}, urgent=False)
+            if len(members) >= BATCH_FROM:  # a big room: O(1) per member per interval
+                self.presence.note_joined(room, member.key, member.name)
+            else:
+                self._broadcast(room, {"type": "user_joined", "room": room,
+                                       **member.summary(), "time": now}, urgent=False)
             members.add(member)
             if room not in member.rooms:
                 member.rooms[room] = None
@@ -493,11 +537,11 @@ class ChatState:
         member.room = room
         history = [{key: value for key, value in record.items() if key != "event"}
                    for record in self.journal.history(room)[-HISTORY_SIZE:]]
-        page, cursor = members.page(None, MEMBER_PAGE)
-        self._send(member, {"type": "joined", "room": room,
-                            "members": [m.summary() for m in page],
-                            "member_count": len(members), "members_next": cursor,
-                            "history": history, "last_seen": last_seen, "time": now})
+        page, cursor = members.first_page()
+        member.outbox.push(encode_frame_with(
+            {"type": "joined", "room": room, "member_count": len(members),
+             "members_next": cursor, "history": history, "last_seen": last_seen, "time": now},
+            "members", page))
 
     def _leave(self, member: Member, room: str, now: str, reason: str) -> None:
         """Take a member out of a room's online members, and out of their rooms if they
@@ -507,8 +551,11 @@ class ChatState:
             members.remove(member)
             if not members and room != COMMON_ROOM:
                 del self._rooms[room]
-            self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
-                                   "reason": reason, "time": now}, urgent=False)
+            if len(members) >= BATCH_FROM:  # as in _enter: the members who would hear it
+                self.presence.note_left(room, member.key, member.name, reason)
+            else:
+                self._broadcast(room, {"type": "user_left", "room": room, "user": member.name,
+                                       "reason": reason, "time": now}, urgent=False)
         if reason == "left":
             member.rooms.pop(room, None)
             if member.room == room:

@@ -51,7 +51,8 @@ HEADER = struct.Struct(">I")
 MSG_PREFIX = b'{"type":"message"'
 PING_PREFIX = b'{"type":"ping"'
 TEXT_KEY = b'"text":"'
-GAPSHAPE, RELAY = "gapshape", "relay"
+GAPSHAPE, RELAY, IRC = "gapshape", "relay", "irc"
+IRC_MSG_MARK = b" PRIVMSG "  # a delivered IRC room message: ":nick!user@host PRIVMSG #room :text"
 
 # Client states
 CONNECTING, LOGGING_IN, READY, CLOSED = range(4)
@@ -84,6 +85,8 @@ def text_length(dialect: str, room: str) -> int:
     """Characters of text that make a delivered room message FRAME_BYTES long."""
     if dialect == RELAY:
         empty = encode_frame({"type": "message", "text": ""})
+    elif dialect == IRC:  # ngircd: no DNS or ident lookups, so the host is the address
+        return FRAME_BYTES - len(f":w0c00000!~w0c00000@127.0.0.1 PRIVMSG {room} :\r\n")
     else:  # the server adds id, room, user and time; ids have 5-6 digits in a run
         empty = encode_frame({"type": "message", "id": 123456, "room": room, "user": "w0c00000",
                               "text": "", "time": "2026-01-01T00:00:00.000Z"})
@@ -129,12 +132,13 @@ class Signer:
 class Client:
     """One chat connection inside a worker."""
 
-    __slots__ = ("worker", "sock", "fd", "name", "state", "rest", "out", "events",
+    __slots__ = ("worker", "sock", "fd", "name", "room", "state", "rest", "out", "events",
                  "sender", "tag", "outstanding", "sent", "due", "seq", "error")
 
     def __init__(self, worker: Worker, name: str) -> None:
         self.worker = worker
         self.name = name
+        self.room = worker.room  # the room it joins (and, in the soak, talks in)
         self.sock: socket.socket | None = None
         self.fd = -1
         self.state = CONNECTING
@@ -170,7 +174,9 @@ class Client:
             self.fail(f"connect failed: {os.strerror(code)}")
             return False
         self.state = LOGGING_IN
-        if self.worker.dialect == GAPSHAPE:
+        if self.worker.dialect == IRC:
+            self.send(f"NICK {self.name}\r\nUSER {self.name} 0 * :{self.name}\r\n".encode())
+        elif self.worker.dialect == GAPSHAPE:
             self.send(encode_frame({"type": "hello", "version": PROTOCOL_VERSION,
                                     "username": self.name,
                                     "public_key": self.worker.public_b64}))
@@ -220,6 +226,9 @@ class Client:
             return
         worker = self.worker
         worker.last_data = time.monotonic()
+        if worker.dialect == IRC:
+            self.irc_lines(data)
+            return
         buf = self.rest + data if self.rest else data
         end = len(buf)
         pos = 0
@@ -248,6 +257,50 @@ class Client:
             else:
                 worker.messages += count
 
+    def irc_lines(self, data: bytes) -> None:
+        """The IRC dialect (ngircd): lines, not frames; the same counting and parsing."""
+        worker = self.worker
+        buf = self.rest + data if self.rest else data
+        end = len(buf)
+        pos = 0
+        parse = worker.parse_all or self.sender or self is worker.witness
+        now_ns = time.monotonic_ns() if parse else 0
+        count = 0
+        while True:
+            stop = buf.find(b"\n", pos)
+            if stop < 0:
+                break
+            mark = buf.find(IRC_MSG_MARK, pos, stop)
+            if mark > 0 and buf[pos:pos + 1] == b":":
+                count += 1
+                if parse:
+                    colon = buf.find(b" :", mark + len(IRC_MSG_MARK), stop)
+                    if colon > 0:
+                        worker.on_text(self, buf, colon + 2, stop, now_ns)
+            elif buf.startswith(b"PING", pos):
+                self.send(b"PONG" + buf[pos + 4:stop + 1])
+            elif self.state == LOGGING_IN:
+                self.on_irc_control(buf[pos:stop].rstrip(b"\r"))
+            pos = stop + 1
+        self.rest = buf[pos:] if pos < end else b""
+        if count:
+            if self.sender:
+                worker.sender_messages += count
+            else:
+                worker.messages += count
+
+    def on_irc_control(self, line: bytes) -> None:
+        """Registration: 001 (welcome) -> JOIN; 366 (end of NAMES) -> ready."""
+        parts = line.split(b" ", 3)
+        code = parts[1] if len(parts) > 1 else b""
+        if code == b"001":
+            self.send(f"JOIN {self.room}\r\n".encode())
+        elif code == b"366":
+            self.state = READY
+            self.worker.on_ready(self)
+        elif code in (b"432", b"433", b"471", b"473", b"474", b"475") or line.startswith(b"ERROR"):
+            self.fail(f"refused: {line[:200].decode(errors='replace')}")
+
     def pong(self, body: bytes) -> None:
         ping = json.loads(body)
         self.send(encode_frame({"type": "pong", "data": str(ping.get("data", ""))}))
@@ -255,7 +308,7 @@ class Client:
     def on_control(self, body: bytes) -> None:
         """Frames during login; the frames that need no answer are told by their prefix."""
         worker = self.worker
-        if body.startswith(worker.ready_prefix):
+        if body.startswith(worker.ready_prefix(self.room)):
             self.state = READY
             worker.on_ready(self)
         elif body.startswith(b'{"type":"challenge"'):
@@ -263,8 +316,8 @@ class Client:
             signature = worker.signer(base64.b64decode(frame["nonce"]), self.name,
                                       str(frame.get("server_id", "")))
             data = encode_frame({"type": "auth", "signature": base64.b64encode(signature).decode()})
-            if worker.room != "#common":
-                data += encode_frame({"type": "join", "room": worker.room})
+            if self.room != "#common":
+                data += encode_frame({"type": "join", "room": self.room})
             self.send(data)
         elif body.startswith(b'{"type":"error"'):
             frame = json.loads(body)
@@ -278,6 +331,12 @@ class Client:
         self.error = reason
         self.close()
         self.worker.on_lost(self, reason, was_ready)
+
+    def abort(self) -> None:
+        """Drop the connection the rude way: a reset, no goodbye (the soak's churn)."""
+        if self.sock is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
 
     def close(self) -> None:
         self.state = CLOSED
@@ -362,6 +421,7 @@ class ThroughputPhase(Phase):
         self.count_t1: int | None = None
         self.count_t2: int | None = None
         self.deadline = t2 + 10.0
+        self.by_tag = {sender.tag: sender for sender in senders}
         for sender in senders:
             sender.outstanding = 0
             sender.sent = 0
@@ -382,6 +442,11 @@ class ThroughputPhase(Phase):
         if client.sender and tag == client.tag:
             client.outstanding -= 1
             self._top_up(client)
+        elif client is self.worker.witness:  # IRC: no echo, the witness saw it arrive
+            sender = self.by_tag.get(tag)
+            if sender is not None:
+                sender.outstanding -= 1
+                self._top_up(sender)
 
     def tick(self, now: float) -> None:
         if self.count_t1 is None and now >= self.t1:
@@ -476,6 +541,57 @@ class FanoutPhase(Phase):
                 "send_ns": self.send_ns}
 
 
+class SoakPhase(Phase):
+    """Churn until `t_end`: senders talk at a fixed total rate in their own rooms, and each
+    churner drops its connection abruptly (RST, no quit) every `period` seconds, staggered,
+    then logs in again at once (the server puts it back in its rooms)."""
+
+    def __init__(self, worker: Worker, senders: list[Client], churners: list[Client],
+                 first_index: int, total: int, rate: float, period: float, t_end: float) -> None:
+        self.worker, self.senders, self.churners = worker, senders, churners
+        self.t_end = t_end
+        self.deadline = t_end + 60.0
+        self.interval = total / rate
+        self.period = period
+        self.reconnects = 0
+        now = time.monotonic()
+        for offset, sender in enumerate(senders):
+            sender.due = now + (first_index + offset) / rate
+        for offset, churner in enumerate(churners):
+            churner.due = now + period * (offset + 1) / max(1, len(churners))
+
+    def tick(self, now: float) -> None:
+        worker = self.worker
+        for sender in self.senders:
+            while sender.due <= now and sender.due < self.t_end:
+                if sender.state == READY:
+                    sender.send(worker.message(make_text(sender.tag.decode(),
+                                                         time.monotonic_ns(), worker.text_length)))
+                sender.due += self.interval
+        for churner in self.churners:
+            if churner.due <= now < self.t_end:
+                churner.due = now + self.period
+                if churner.state == READY:
+                    churner.abort()
+                    churner.state = CONNECTING
+                    churner.rest = churner.out = b""
+                    churner.start(worker.address)
+                    self.reconnects += 1
+
+    def next_time(self, now: float) -> float:
+        dues = [c.due for c in (*self.senders, *self.churners) if c.due < self.t_end]
+        return min([*dues, self.t_end]) if dues else self.t_end
+
+    def done(self, now: float) -> bool:
+        if self.worker.failures or now > self.deadline:
+            return True
+        return now >= self.t_end and all(c.state == READY for c in self.churners)
+
+    def result(self) -> dict[str, Any]:
+        return {"reconnects": self.reconnects,
+                "sent": sum(1 for _ in self.senders)}
+
+
 class QuietPhase(Phase):
     """Done once nothing has arrived for `quiet` seconds: the server has sent everything."""
 
@@ -512,10 +628,12 @@ class Worker:
         self.parse_all = False
         self.dialect = GAPSHAPE
         self.room = "#bench"
-        self.ready_prefix = b""
+        self.address: tuple[str, ...] = ("127.0.0.1", 0)
         self.text_length = 0
         self.public_b64 = ""
         self.signer: Signer | None = None
+        # IRC does not echo a sender's own messages: this receiver reports them instead.
+        self.witness: Client | None = None
         self.running = True
 
     # -- epoll bookkeeping ----------------------------------------------------------------
@@ -578,12 +696,16 @@ class Worker:
         i = buf.find(TEXT_KEY, start, stop)
         if i < 0 or self.phase is None:
             return
-        i += len(TEXT_KEY)
+        self.on_text(client, buf, i + len(TEXT_KEY), stop, now_ns)
+
+    def on_text(self, client: Client, buf: bytes, i: int, stop: int, now_ns: int) -> None:
+        """`buf[i:]` starts with a message's text, `tag|send_ns|padding`."""
         j = buf.find(b"|", i, stop)
         k = buf.find(b"|", j + 1, stop)
         if j < 0 or k < 0:
             return
-        self.phase.on_message(client, buf[i:j], int(buf[j + 1:k]), now_ns)
+        if self.phase is not None:
+            self.phase.on_message(client, buf[i:j], int(buf[j + 1:k]), now_ns)
 
     def on_ready(self, client: Client) -> None:
         if self.phase is not None:
@@ -594,7 +716,15 @@ class Worker:
         if self.phase is not None and not was_ready:
             self.phase.on_ready(client)  # no longer in flight
 
+    def ready_prefix(self, room: str) -> bytes:
+        """How the frame that makes a logging-in client ready begins."""
+        if self.dialect == RELAY:
+            return b'{"type":"ready"'
+        return b'{"type":"joined","room":' + json.dumps(room).encode()
+
     def message(self, text: str) -> bytes:
+        if self.dialect == IRC:
+            return f"PRIVMSG {self.room} :{text}\r\n".encode()
         return encode_frame({"type": "message", "text": text})
 
     # -- commands from the parent ---------------------------------------------------------
@@ -606,12 +736,10 @@ class Worker:
         self.dialect = msg["dialect"]
         self.room = msg["room"]
         self.text_length = text_length(self.dialect, self.room)
+        self.address = tuple(msg["address"])
         if self.dialect == GAPSHAPE:
-            self.ready_prefix = b'{"type":"joined","room":' + json.dumps(self.room).encode()
             self.public_b64 = base64.b64encode(msg["public_der"]).decode()
             self.signer = Signer(msg["private_der"])
-        else:
-            self.ready_prefix = b'{"type":"ready"'
         self.failures.clear()
         clients = [Client(self, name) for name in msg["names"]]
         for index, client in enumerate(clients):
@@ -637,6 +765,30 @@ class Worker:
         assert isinstance(self.phase, FanoutPhase)
         self.phase.fire(self.clients[0])
 
+    def op_sign(self, msg: dict[str, Any]) -> None:
+        """The crypto floor of a login storm, this worker's share: sign `count` login
+        proofs (fresh nonces) as the connect phase does, nothing else."""
+        signer = Signer(msg["private_der"])
+        nonces = [os.urandom(32) for _ in range(msg["count"])]
+        started = time.monotonic()
+        for number, nonce in enumerate(nonces):
+            signer(nonce, f"w{self.index}c{number:05d}", msg["server_id"])
+        self.pipe.send({"seconds": time.monotonic() - started, "failed": 0})
+
+    def op_soak(self, msg: dict[str, Any]) -> None:
+        firsts: dict[str, Client] = {}  # one sender per room, as far as `senders` goes
+        for client in self.clients:
+            firsts.setdefault(client.room, client)
+        chosen = list(firsts.values())[: msg["senders"]]
+        for client in self.clients:
+            client.sender = client in chosen
+        senders = chosen
+        pool = [c for c in self.clients if not c.sender]
+        churners = pool[: msg["churners"]]
+        self.start_phase(SoakPhase(self, senders, churners, msg["first_index"],
+                                   msg["total_senders"], msg["rate"], msg["period"],
+                                   msg["t_end"]))
+
     def op_quiet(self, msg: dict[str, Any]) -> None:
         self.start_phase(QuietPhase(self, msg["quiet"], msg["timeout"]))
 
@@ -657,6 +809,8 @@ class Worker:
         senders = self.clients[:count]
         for sender in senders:
             sender.sender = True
+        others = [c for c in self.clients[count:] if c.state == READY]
+        self.witness = others[0] if self.dialect == IRC and count and others else None
         return senders
 
 
@@ -736,6 +890,14 @@ class LoadGen:
                                  f"within {timeout:.0f} s")
         return time.monotonic() - started
 
+    def sign(self, counts: list[int], private_der: bytes, timeout: float = 600.0) -> float:
+        """Seconds for the workers, together, to sign counts[i] login proofs each."""
+        started = time.monotonic()
+        self._ask({i: {"op": "sign", "count": count, "private_der": private_der,
+                       "server_id": "0123456789abcdef"}
+                   for i, count in enumerate(counts) if count}, timeout)
+        return time.monotonic() - started
+
     def quiet(self, quiet: float = 0.5, timeout: float = 300.0) -> float:
         """Wait until no worker has received anything for `quiet` seconds."""
         started = time.monotonic()
@@ -778,6 +940,32 @@ class LoadGen:
         for reply in replies.values():
             samples.frombytes(reply["samples"])
         return samples
+
+    def start_soak(self, senders: dict[int, int], churners: dict[int, int], rate: float,
+                   period: float, seconds: float) -> float:
+        """Start the soak in every worker (it runs `seconds`); `finish_soak` waits for it.
+        Returns the monotonic time it ends."""
+        t_end = time.monotonic() + seconds
+        total, first = sum(senders.values()), 0
+        for i, pipe in enumerate(self.pipes):
+            pipe.send({"op": "soak", "senders": senders.get(i, 0), "first_index": first,
+                       "total_senders": total, "churners": churners.get(i, 0), "rate": rate,
+                       "period": period, "t_end": t_end})
+            first += senders.get(i, 0)
+        return t_end
+
+    def finish_soak(self, timeout: float) -> dict[str, Any]:
+        replies = {}
+        deadline = time.monotonic() + timeout
+        for index, pipe in enumerate(self.pipes):
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise BenchError(f"load generator {index} did not finish the soak")
+            replies[index] = pipe.recv()
+        for index, reply in replies.items():
+            if reply.get("failed"):
+                raise BenchError(f"load generator {index}: {reply['failed']} client(s) failed "
+                                 f"in the soak, e.g. {reply['failures'][:3]}")
+        return {"reconnects": sum(r["reconnects"] for r in replies.values())}
 
     def fanout(self, tag: str, timeout: float = 60.0) -> dict[str, Any]:
         """Worker 0's first client sends one message; seconds until all clients have it."""

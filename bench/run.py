@@ -1,8 +1,9 @@
 """Gapshape against a bare relay, side by side: one table of medians and ratios.
 
-    python bench/run.py                 # every row: about 13 minutes on 2 cores, 7 of them
-                                        # spent logging 10,000 clients into Gapshape
-    python bench/run.py --quick         # every row, small and short: under a minute
+    python bench/run.py                 # every default row: about 10 minutes on 2 cores
+                                        # with --idle 10000 (run 3 of docs/PERFORMANCE.md)
+    python bench/run.py --quick         # the default rows but ngircd, small: under a minute
+    python bench/run.py --rows soak --soak-minutes 6   # churn and RSS; only when named
     python bench/run.py --rows throughput,latency --receivers 100 --repeats 5
     python bench/run.py --profile /tmp/prof   # also py-spy the server in each network run
     python bench/run.py --table bench/results.json   # print an earlier run's table again
@@ -24,6 +25,14 @@ median of the ratios of runs measured back to back):
               (the baseline: PSS sign + OAEP wrap + GCM; PSS verify + OAEP unwrap + GCM)
   log         messagelog append cost at 0 and at --log-entries entries (bench/logbench.py)
               and the time `server.py` takes to print its "listening" line with that log
+  scrollback  a history page (100 messages) on the --log-entries log against a 1,000-line one
+  storm       N clients log in and join at once, against the crypto floor of the same run:
+              the load generator signing N proofs plus the server's kind of pool verifying N
+  reconnect   N clients connected, the server restarted: until all are back in their rooms
+  ngircd      Debian's ngircd over IRC, same shapes: deliveries/s N=100, latency (skipped
+              with a note when it is not installed)
+  soak        churn (300 clients, 6 rooms, 200 msg/s, a tenth reconnecting abruptly):
+              RSS per sample and 10 s after all left; only with --rows soak
 
 Results also go to a JSON file (default bench/results.json, or bench/results-quick.json).
 This script asserts nothing about timings; it fails only if a run goes wrong (a refused
@@ -39,6 +48,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -56,17 +66,32 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import GAPSHAPE, RELAY, BenchError, LoadGen, raise_nofile_limit  # noqa: E402
+from loadgen import (  # noqa: E402
+    GAPSHAPE,
+    IRC,
+    RELAY,
+    BenchError,
+    LoadGen,
+    Signer,
+    raise_nofile_limit,
+)
 
-ROWS = ("throughput", "latency", "idle", "crypto", "log")
+NGIRCD = "ngircd"
+ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm", "reconnect",
+        "ngircd", "soak")
+# Without --rows: every row but the soak (minutes long by design).
+DEFAULT_ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm",
+                "reconnect", "ngircd")
+QUICK_ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm",
+              "reconnect")
 SENDERS = 4
 BENCH_ROOM = "#bench"
 
 
 @dataclass
 class Settings:
-    rows: tuple[str, ...] = ROWS
-    receivers: tuple[int, ...] = (10, 100, 500)
+    rows: tuple[str, ...] = DEFAULT_ROWS
+    receivers: tuple[int, ...] = (10, 100, 500, 2000)
     idle: tuple[int, ...] = (1000, 5000, 10000)
     repeats: int = 3
     idle_repeats: int = 1
@@ -83,15 +108,24 @@ class Settings:
     log_starts: int = 3
     log_repeats: int = 3
     processes: int = 2
+    storm: tuple[int, ...] = (10_000,)
+    reconnect: int = 10_000
+    scroll_pages: int = 3000
+    ngircd_receivers: int = 100
+    soak_minutes: float = 6.0
+    soak_clients: int = 300
+    soak_rooms: int = 6
+    soak_rate: float = 200.0
     profile: Path | None = None
     quick: bool = False
 
     @classmethod
     def quick_settings(cls) -> Settings:
-        return cls(receivers=(10, 100), idle=(200,), repeats=1, idle_repeats=1, fanouts=3,
-                   warmup=0.3, duration=1.0, latency_duration=1.5, crypto_seconds=0.3,
-                   log_entries=20_000, log_ops=2_000, log_starts=1, log_repeats=1,
-                   quick=True)
+        return cls(rows=QUICK_ROWS, receivers=(10, 100), idle=(200,), repeats=1,
+                   idle_repeats=1, fanouts=3, warmup=0.3, duration=1.0, latency_duration=1.5,
+                   crypto_seconds=0.3, log_entries=20_000, log_ops=2_000, log_starts=1,
+                   log_repeats=1, storm=(300,), reconnect=300, scroll_pages=300,
+                   soak_minutes=1.0, quick=True)
 
 
 @dataclass
@@ -221,9 +255,69 @@ class ServerProcess:
         self._stderr.close()
 
 
+class NgircdProcess(ServerProcess):
+    """Debian's ngircd as a second baseline: its own config in the run's folder, on a free
+    loopback port, in the foreground; no DNS, ident or PAM lookups, no flood penalties."""
+
+    def __init__(self, workdir: Path) -> None:  # not super().__init__: that runs server.py
+        self.kind = NGIRCD
+        port = free_port()
+        config = workdir / "ngircd.conf"
+        config.write_text(NGIRCD_CONFIG.format(port=port, motd=workdir / "motd"))
+        (workdir / "motd").write_text("bench\n")
+        self.stderr_path = workdir / "ngircd.stderr"
+        self._stderr = open(self.stderr_path, "ab")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(["ngircd", "--nodaemon", "--config", str(config)],
+                                     stdout=self._stderr, stderr=self._stderr, cwd=workdir,
+                                     start_new_session=True)
+        self.address = ("127.0.0.1", port)
+        deadline = started + 20
+        while True:
+            try:
+                socket.create_connection(self.address, timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise BenchError(f"ngircd did not start; see {self.stderr_path}") from None
+                time.sleep(0.05)
+        self.start_seconds = time.monotonic() - started
+
+
+NGIRCD_CONFIG = """\
+[Global]
+Name = bench.gapshape.invalid
+Info = Gapshape benchmark baseline
+Listen = 127.0.0.1
+Ports = {port}
+MotdFile = {motd}
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxNickLength = 16
+MaxPenaltyTime = 0
+PingTimeout = 3600
+PongTimeout = 3600
+[Options]
+DNS = no
+Ident = no
+PAM = no
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextmanager
-def profiled(settings: Settings, server: ServerProcess, name: str, seconds: float) -> Iterator[None]:
-    """With --profile, py-spy the Gapshape server for `seconds` while the body runs."""
+def profiled(settings: Settings, server: ServerProcess, name: str, seconds: float,
+             rate: int = 200) -> Iterator[None]:
+    """With --profile, py-spy the Gapshape server for `seconds` while the body runs: the
+    thread holding the GIL (--gil), which is what limits a server of many threads."""
     if settings.profile is None or server.kind != GAPSHAPE or not shutil.which("py-spy"):
         yield
         return
@@ -231,8 +325,8 @@ def profiled(settings: Settings, server: ServerProcess, name: str, seconds: floa
     out = settings.profile / f"{name}.txt"
     spy = subprocess.Popen(
         ["py-spy", "record", "--pid", str(server.pid), "--duration", str(max(1, round(seconds))),
-         "--rate", "200", "--format", "raw", "--threads", "--nonblocking", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--rate", str(rate), "--format", "raw", "--gil", "--nonblocking", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=open(settings.profile / f"{name}.log", "wb"))
     try:
         yield
     finally:
@@ -253,7 +347,9 @@ class Bench:
         self.private_der, self.public_der = make_key()
         self.loadgen = LoadGen(settings.processes)
         sizes = {"throughput": settings.receivers, "latency": (settings.latency_receivers,),
-                 "idle": settings.idle}
+                 "idle": settings.idle, "storm": settings.storm,
+                 "reconnect": (settings.reconnect,), "soak": (settings.soak_clients,),
+                 "ngircd": (settings.ngircd_receivers,)}
         biggest = max(n for row in settings.rows for n in sizes.get(row, (1,)))
         self.registry = workdir / "keyregistry.json"
         started = time.monotonic()
@@ -284,7 +380,8 @@ class Bench:
         self.run_count += 1
         rundir = self.workdir / f"run{self.run_count:03d}-{kind}"
         rundir.mkdir()
-        server = ServerProcess(kind, rundir, registry=self.registry)
+        server: ServerProcess = (NgircdProcess(rundir) if kind == NGIRCD else
+                                 ServerProcess(kind, rundir, registry=self.registry))
         try:
             yield server
         except BenchError:
@@ -297,11 +394,14 @@ class Bench:
             self.loadgen.close_clients()
             shutil.rmtree(rundir, ignore_errors=True)
 
-    def connect(self, server: ServerProcess, groups: list[list[str]]) -> float:
-        seconds = self.loadgen.connect(server.kind, server.address, groups, room=BENCH_ROOM,
+    def connect(self, server: ServerProcess, groups: list[list[str]], room: str = BENCH_ROOM,
+                quiet: float = 0.3) -> float:
+        dialect = IRC if server.kind == NGIRCD else server.kind
+        seconds = self.loadgen.connect(dialect, server.address, groups, room=room,
                                        private_der=self.private_der, public_der=self.public_der,
                                        concurrency=32, timeout=3600)
-        self.loadgen.quiet(0.3)
+        if quiet:
+            self.loadgen.quiet(quiet)
         return seconds
 
 
@@ -368,7 +468,7 @@ def throughput_rows(bench: Bench, n: int) -> list[Row]:
         notes["sent_per_s"].setdefault(kind, []).append(
             round(result["sent"] / (s.warmup + s.duration + 0.2)))
         say(f"  throughput N={n} {kind}: {result['deliveries_per_s']:,.0f} deliveries/s")
-    target = {100: ">= 3 x", 500: ">= 1 x"}.get(n, "")
+    target = {100: ">= 3 x", 500: ">= 1 x", 2000: ">= 1 x"}.get(n, "")
     return [Row(f"deliveries_{n}", f"deliveries/s, N={n}", "/s", results[GAPSHAPE],
                 results[RELAY], "relay", target, notes)]
 
@@ -439,6 +539,198 @@ def idle_rows(bench: Bench, n: int) -> list[Row]:
         Row(f"idle_fanout_{n}", f"idle N={n}: one message to all", "ms",
             [t * 1e3 for t in fanout[GAPSHAPE]], [t * 1e3 for t in fanout[RELAY]], "relay",
             "<= 1.2 x" if big else ""),
+    ]
+
+
+def verify_floor(bench: Bench, n: int) -> float:
+    """Seconds for a pool like the server's (server.CRYPTO_THREADS threads running
+    auth.verify_login, which parses the key each time as the server does) to verify `n`
+    login proofs."""
+    import concurrent.futures
+
+    import auth
+    from server import CRYPTO_THREADS
+
+    signer = Signer(bench.private_der)
+    proofs = []
+    for number in range(64):  # distinct proofs, cycled: the cost does not depend on which
+        nonce, user = os.urandom(32), f"w0c{number:05d}"
+        proofs.append((bench.public_der, signer(nonce, user, "0123456789abcdef"), nonce, user,
+                       "0123456789abcdef"))
+    with concurrent.futures.ThreadPoolExecutor(CRYPTO_THREADS, "floor-verify") as pool:
+        started = time.monotonic()
+        futures = [pool.submit(auth.verify_login, *proofs[i % len(proofs)]) for i in range(n)]
+        for future in futures:
+            future.result()
+        return time.monotonic() - started
+
+
+def crypto_floor(bench: Bench, n: int) -> tuple[float, float]:
+    """The login storm's floor: (seconds for the load generator's workers to sign n login
+    proofs, seconds for the server's kind of pool to verify them)."""
+    counts = [len(group) for group in bench.split(n)]
+    return bench.loadgen.sign(counts, bench.private_der), verify_floor(bench, n)
+
+
+def storm_rows(bench: Bench, n: int) -> list[Row]:
+    """N clients log in and join one room at once (32 in flight per load-generator
+    process), against the crypto floor of the same N logins measured in this run."""
+    sign, verify = crypto_floor(bench, n)
+    floor = sign + verify
+    say(f"  storm N={n}: crypto floor {floor:.2f} s (sign {sign:.2f} s + verify {verify:.2f} s)")
+    times: dict[str, list[float]] = {GAPSHAPE: [], RELAY: []}
+    for _, kind in alternate(1):
+        with bench.server(kind) as server, profiled(bench.settings, server, f"storm-{n}",
+                                                    max(3.0, floor * 2), rate=50):
+            times[kind].append(bench.connect(server, bench.split(n)))
+        say(f"  storm N={n} {kind}: {times[kind][-1]:.2f} s")
+    notes = {"sign_s": round(sign, 3), "verify_s": round(verify, 3),
+             "relay_s": [round(t, 3) for t in times[RELAY]]}
+    return [
+        Row(f"storm_floor_{n}", f"login storm N={n}: crypto floor (sign + verify)", "s",
+            [floor], [], "", "", notes),
+        Row(f"storm_{n}", f"login storm N={n}: all logged in and joined", "s", times[GAPSHAPE],
+            [floor], "crypto floor", "<= 1.5 x" if n >= 10_000 else "", notes),
+        Row(f"storm_relay_{n}", f"login storm N={n}, against the relay", "s", times[GAPSHAPE],
+            times[RELAY], "relay"),
+    ]
+
+
+def reconnect_rows(bench: Bench, _: int = 0) -> list[Row]:
+    """N clients connected, the server restarted (SIGTERM, then a new process on the same
+    files): seconds from the restart until every client is logged in again and back in
+    its rooms (Gapshape puts them back from its user store)."""
+    n = bench.settings.reconnect
+    groups = bench.split(n)
+    results: dict[str, list[float]] = {GAPSHAPE: [], RELAY: []}
+    notes: dict[str, Any] = {"start_s": {}, "stop_s": {}}
+    for _, kind in alternate(1):
+        bench.run_count += 1
+        rundir = bench.workdir / f"run{bench.run_count:03d}-{kind}-reconnect"
+        rundir.mkdir()
+        server = ServerProcess(kind, rundir, registry=bench.registry)
+        try:
+            bench.connect(server, groups)
+            stopped = time.monotonic()
+            server.stop()
+            notes["stop_s"].setdefault(kind, []).append(round(time.monotonic() - stopped, 2))
+            bench.loadgen.close_clients()  # they saw the server go; drop the dead sockets
+            started = time.monotonic()
+            server = ServerProcess(kind, rundir, registry=bench.registry)
+            bench.connect(server, groups, quiet=0)
+            results[kind].append(time.monotonic() - started)
+            notes["start_s"].setdefault(kind, []).append(round(server.start_seconds, 2))
+        finally:
+            server.kill()
+            bench.loadgen.close_clients()
+            shutil.rmtree(rundir, ignore_errors=True)
+        say(f"  reconnect N={n} {kind}: {results[kind][-1]:.2f} s from restart to all back")
+    return [Row(f"reconnect_{n}", f"reconnect storm N={n}: restart to all back in rooms", "s",
+                results[GAPSHAPE], results[RELAY], "relay", "", notes)]
+
+
+def scrollback_rows(settings: Settings, workdir: Path) -> list[Row]:
+    """Issue 10's row: a history page (100 messages) on a --log-entries-line log against
+    one on a 1,000-line log, one page of each in turn (bench/logbench.py's page_rows)."""
+    import logbench
+
+    folder = workdir / "scroll"
+    folder.mkdir()
+    big = workdir / "log" / "big.json"  # the log row's big log, when it ran
+    entries = settings.log_entries
+    if not big.exists():
+        big = folder / "big.json"
+        logbench.generate_log(big, entries)
+    pages = logbench.page_rows(folder, big, entries, settings.scroll_pages)
+    small, large = pages["page_small"], pages["page_big"]
+    say(f"  scrollback: {large['median_us']:.0f} µs a page on {entries:,} lines, "
+        f"{small['median_us']:.0f} µs on 1,000")
+    return [Row("scrollback_page", f"history page, {entries:,} vs 1,000 lines", "µs",
+                [large["median_us"]], [small["median_us"]], "1,000 lines", "<= 1.2 x",
+                {"pages": settings.scroll_pages, "mean_records": large["mean_records"]})]
+
+
+def ngircd_rows(bench: Bench, _: int = 0) -> list[Row]:
+    """ngircd (C, one thread, no log, no crypto) as a second baseline, over IRC with the
+    same workload shapes: deliveries/s at N receivers, latency at --rate msg/s."""
+    s = bench.settings
+    n = s.ngircd_receivers
+    if not shutil.which("ngircd"):
+        say("  ngircd is not installed: its rows are skipped (apt-get install ngircd)")
+        return [Row("ngircd_skipped", "ngircd rows: skipped, ngircd not installed", "", [], [],
+                    NGIRCD)]
+    deliveries: dict[str, list[float]] = {GAPSHAPE: [], NGIRCD: []}
+    p50: dict[str, list[float]] = {GAPSHAPE: [], NGIRCD: []}
+    p99: dict[str, list[float]] = {GAPSHAPE: [], NGIRCD: []}
+    for repeat in range(s.repeats):
+        for kind in ((NGIRCD, GAPSHAPE) if repeat % 2 == 0 else (GAPSHAPE, NGIRCD)):
+            with bench.server(kind) as server:
+                bench.connect(server, bench.split(n + SENDERS, SENDERS))
+                result = bench.loadgen.throughput({0: SENDERS}, s.window, s.warmup, s.duration)
+                deliveries[kind].append(result["deliveries_per_s"])
+                samples = sorted(bench.loadgen.latency({0: SENDERS}, s.rate, s.warmup,
+                                                       s.latency_duration))
+            if len(samples) < 0.95 * s.rate * s.latency_duration * n:
+                raise BenchError(f"latency run on {kind}: only {len(samples)} samples")
+            p50[kind].append(percentile(samples, 0.5) / 1e6)
+            p99[kind].append(percentile(samples, 0.99) / 1e6)
+            say(f"  {kind} N={n}: {deliveries[kind][-1]:,.0f} deliveries/s, "
+                f"p50 {p50[kind][-1]:.2f} ms, p99 {p99[kind][-1]:.2f} ms")
+    return [
+        Row(f"ngircd_deliveries_{n}", f"deliveries/s, N={n}, against ngircd", "/s",
+            deliveries[GAPSHAPE], deliveries[NGIRCD], NGIRCD, ">= 1 x"),
+        Row("ngircd_latency_p50", f"latency p50, {s.rate:g} msg/s, N={n}, against ngircd", "ms",
+            p50[GAPSHAPE], p50[NGIRCD], NGIRCD, "<= 1.1 x"),
+        Row("ngircd_latency_p99", f"latency p99, {s.rate:g} msg/s, N={n}, against ngircd", "ms",
+            p99[GAPSHAPE], p99[NGIRCD], NGIRCD),
+    ]
+
+
+def soak_rows(bench: Bench, _: int = 0) -> list[Row]:
+    """Churn: --soak-clients over --soak-rooms rooms, --rate messages/s in total, a tenth
+    of the clients dropping abruptly and logging in again (each every 10 s); server RSS
+    once a minute, and 10 s after every client has gone."""
+    s = bench.settings
+    rooms = [f"#soak{i}" for i in range(s.soak_rooms)]
+    names = bench.all_names(s.soak_clients)
+    workers = s.processes
+    per_room: list[list[list[str]]] = [[[] for _ in range(workers)] for _ in rooms]
+    for number, name in enumerate(names):  # room by number, worker by the name's prefix
+        per_room[number % len(rooms)][int(name[1:name.index("c")])].append(name)
+    seconds = s.soak_minutes * 60
+    sample_every = min(60.0, max(5.0, seconds / 6))
+    with bench.server(GAPSHAPE) as server:
+        for room, groups in zip(rooms, per_room, strict=True):
+            bench.connect(server, groups, room=room, quiet=0)
+        bench.loadgen.quiet(0.5)
+        baseline = server.status("VmRSS")
+        say(f"  soak: {len(names)} clients in {len(rooms)} rooms, RSS after login "
+            f"{baseline / 1024:.1f} MiB")
+        # The first clients of each worker send (one per room per worker, as near as fits).
+        senders = {i: min(len(rooms), sum(len(g[i]) for g in per_room)) for i in range(workers)}
+        churners = {i: sum(len(g[i]) for g in per_room) // 10 for i in range(workers)}
+        t_end = bench.loadgen.start_soak(senders, churners, s.soak_rate, 10.0, seconds)
+        started = time.monotonic()
+        samples: list[tuple[float, int]] = []
+        while time.monotonic() < t_end:
+            time.sleep(min(sample_every, max(0.0, t_end - time.monotonic())))
+            samples.append((round(time.monotonic() - started, 1), server.status("VmRSS")))
+            say(f"  soak: {samples[-1][0]:.0f} s, RSS {samples[-1][1] / 1024:.1f} MiB")
+        done = bench.loadgen.finish_soak(120)
+        bench.loadgen.close_clients()
+        time.sleep(10.0)  # the row's definition: RSS 10 s after everyone quit
+        after = server.status("VmRSS")
+    say(f"  soak: {done['reconnects']} reconnects; RSS 10 s after all left {after / 1024:.1f} MiB")
+    later = [rss for t, rss in samples if t >= min(120.0, seconds / 2)]
+    span_min = (samples[-1][0] - next(t for t, r in samples if r == later[0])) / 60 if later else 0
+    growth = (later[-1] - later[0]) / 1024 / span_min if later and span_min > 0 else 0.0
+    notes = {"rss_kib": samples, "baseline_kib": baseline, "reconnects": done["reconnects"],
+             "minutes": s.soak_minutes}
+    return [
+        Row("soak_rss_growth", f"soak {s.soak_minutes:g} min: RSS growth after the first minutes",
+            "MiB/min", [growth], [], "", "", notes),
+        Row("soak_rss_after", "soak: RSS 10 s after all left, against after login", "MiB",
+            [after / 1024], [baseline / 1024], "after login", "<= 1.2 x"),
     ]
 
 
@@ -563,6 +855,12 @@ def log_rows(settings: Settings, workdir: Path) -> list[Row]:
 # Output
 
 
+NETWORK_ROWS: dict[str, Callable[[Bench, int], list[Row]]] = {
+    "throughput": throughput_rows, "latency": latency_rows, "idle": idle_rows,
+    "storm": storm_rows, "reconnect": reconnect_rows, "ngircd": ngircd_rows, "soak": soak_rows,
+}
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -588,7 +886,7 @@ def fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit == "/s":
         return f"{value:,.0f}"
-    if unit in ("ms", "µs"):
+    if unit in ("ms", "µs", "MiB", "MiB/min"):
         return f"{value:.3g}" if value < 10 else f"{value:,.1f}"
     if unit == "s":
         return f"{value:.2f}"
@@ -602,7 +900,8 @@ def table(rows: list[Row]) -> str:
         met = {True: "yes", False: "NO", None: ""}[row.met]
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
         lines.append((row.label, row.unit, fmt(row.g, row.unit),
-                      f"{fmt(row.b, row.unit)} ({row.baseline_name})", ratio,
+                      f"{fmt(row.b, row.unit)} ({row.baseline_name})" if row.baseline_name
+                      else "-", ratio,
                       row.target.replace(" x", "x"), met))
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
     out = []
@@ -641,7 +940,7 @@ def parse_ints(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark Gapshape against a bare relay.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Rows: " + ", ".join(ROWS))
+                                epilog="Rows: " + ", ".join(ROWS) + " (soak only when named)")
     p.add_argument("--quick", action="store_true", help="small, short runs of every row (< 1 min)")
     p.add_argument("--rows", help="comma-separated rows to run (default: all)")
     p.add_argument("--receivers", type=parse_ints, help="throughput: receivers per run, e.g. 10,100,500")
@@ -656,6 +955,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, help="throughput: own messages in flight per sender")
     p.add_argument("--log-entries", type=int, help="log: entries in the big log")
     p.add_argument("--processes", type=int, help="load-generator processes (default 2)")
+    p.add_argument("--storm", type=parse_ints, help="storm: clients per login storm, e.g. 2000,10000")
+    p.add_argument("--reconnect", type=int, help="reconnect: clients that reconnect after a restart")
+    p.add_argument("--scroll-pages", type=int, help="scrollback: pages timed on each log")
+    p.add_argument("--soak-minutes", type=float, help="soak: minutes of churn (default 6)")
+    p.add_argument("--soak-clients", type=int, help="soak: clients (default 300)")
     p.add_argument("--profile", type=Path, help="py-spy record the Gapshape server into this folder")
     p.add_argument("--json", type=Path, help="result file (default bench/results.json, "
                                              "bench/results-quick.json with --quick)")
@@ -674,7 +978,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))} (rows: {', '.join(ROWS)})")
         s.rows = rows
     for name in ("receivers", "idle", "repeats", "idle_repeats", "fanouts", "duration", "warmup",
-                 "latency_duration", "rate", "window", "log_entries", "processes", "profile"):
+                 "latency_duration", "rate", "window", "log_entries", "processes", "profile",
+                 "storm", "reconnect", "scroll_pages", "soak_minutes", "soak_clients"):
         value = getattr(args, name)
         if value is not None:
             setattr(s, name, value)
@@ -690,8 +995,10 @@ def main(argv: list[str] | None = None) -> int:
     s = settings_from_args(args)
     out = args.json or BENCH / ("results-quick.json" if s.quick else "results.json")
     limit = raise_nofile_limit()
-    if "idle" in s.rows and max(s.idle) + 64 > limit:
-        raise SystemExit(f"the open-file limit is {limit}; {max(s.idle)} idle clients need more")
+    most = max([0, *(s.idle if "idle" in s.rows else ()), *(s.storm if "storm" in s.rows else ()),
+                s.reconnect if "reconnect" in s.rows else 0])
+    if most + 64 > limit:
+        raise SystemExit(f"the open-file limit is {limit}; {most} clients need more")
     info = machine()
     say(f"Gapshape bench: {info['cores']} cores, {info['cpu']}, Python {info['python']}"
         f"{' (quick)' if s.quick else ''}")
@@ -707,24 +1014,27 @@ def main(argv: list[str] | None = None) -> int:
                     "rows": [row.to_json() for row in rows]}
         out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
-    # The idle row goes last: its 10,000 logins take the longest.
-    order = [name for name in ("throughput", "latency", "crypto", "log", "idle") if name in s.rows]
+    # The idle row goes last but for the soak: its 10,000 logins take the longest.
+    order = [name for name in ("throughput", "latency", "crypto", "log", "scrollback", "storm",
+                               "reconnect", "ngircd", "idle", "soak") if name in s.rows]
     with tempfile.TemporaryDirectory(prefix="gapshape-bench-") as tmp:
         workdir = Path(tmp)
         bench = None
         try:
             for name in order:
                 say(f"{name} ...")
-                if name in ("throughput", "latency", "idle"):
+                if name in NETWORK_ROWS:
                     bench = bench or Bench(s, workdir)
-                    function = {"throughput": throughput_rows, "latency": latency_rows,
-                                "idle": idle_rows}[name]
-                    sizes = {"throughput": s.receivers, "idle": s.idle}.get(name, (0,))
+                    function = NETWORK_ROWS[name]
+                    sizes = {"throughput": s.receivers, "idle": s.idle,
+                             "storm": s.storm}.get(name, (0,))
                     for n in sizes:
                         rows += function(bench, n)
                         save(complete=False)
                 elif name == "crypto":
                     rows += crypto_rows(s)
+                elif name == "scrollback":
+                    rows += scrollback_rows(s, workdir)
                 else:
                     rows += log_rows(s, workdir)
                 save(complete=False)
@@ -737,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedians; ratio = median of Gapshape / baseline over runs measured back to back; "
           f"{elapsed:.0f} s on {info['cores']} cores, "
           f"{info['cpu']}, Python {info['python']}")
+    print(f"model name: {info['cpu']}")
     print(f"results written to {out}")
     return 0
 
