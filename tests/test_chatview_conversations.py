@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import chattranscripts
 import chatview
 from chatview import ChatModel
 from client import (
@@ -21,6 +22,7 @@ from client import (
     Welcome,
 )
 from conversations import Gap
+from events import PresenceBatch
 
 NOW = datetime(2026, 11, 29, 20, 0, tzinfo=timezone.utc)
 STAMP = "2026-11-29T19:40:00.000Z"
@@ -211,7 +213,7 @@ def test_private_conversations_are_bounded_with_their_transcripts() -> None:
     for number in range(chatview.MAX_VIEWS + 40):
         model.apply(private(f"hello {number}", f"user{number}", id=1000 + number))
     assert len(model.contacts) <= 200
-    assert len(model._transcripts) <= chatview.MAX_VIEWS
+    assert len(model.transcripts) <= chatview.MAX_VIEWS
     newest = f"user{chatview.MAX_VIEWS + 39}"
     assert "hello" in model.transcript(f"@{newest}")[-1].text  # the latest ones are kept
     assert model.transcript("#common")  # and the room shown
@@ -240,3 +242,78 @@ def test_what_was_said_since_last_time_in_another_room_is_unread_at_login() -> N
     design = row(model, "#design")
     assert (design.unread, design.mentions, design.badge) == (10, 1, "@1")
     assert row(model, "#common").unread == 0
+
+
+def test_a_presence_batch_updates_members_and_count_and_says_one_line() -> None:
+    model = model_in("#big")
+    model.apply(RoomList((("#big", 230),), 1))
+    model.take_changes()
+    model.apply(PresenceBatch("#big", 231, ("carol", "dave"), 57,
+                              (("bob", "quit"), ("<b>eve</b>", "")), 56, STAMP))
+    changes = model.take_changes()
+    assert changes.members and changes.rooms
+    assert set(model.members) == {"alice", "carol", "dave"}  # bob left, carol and dave came
+    assert (model.members["carol"].status, model.members["carol"].note) == ("online", "")
+    assert row(model, "#big").people == 231  # the server's count, not the page's three
+    texts = [line.text for line in changes.lines]
+    assert len(texts) == 1 and changes.lines[0].kind == "system"
+    assert texts[0].endswith("→ carol, dave and 55 others joined; "
+                             "← bob, <b>eve</b> and 54 others left (231 online)")
+    model.apply(RoomList((("#big", 233),), 1))  # the 15 s refresh keeps the server's count
+    assert row(model, "#big").people == 233
+
+
+def test_a_presence_batch_of_another_room_is_said_there() -> None:
+    model = model_in("#common", "#big")
+    model.apply(PresenceBatch("#big", 300, ("zed",), 1, (), 0, STAMP))
+    assert not model.take_changes().lines
+    assert model.transcript("#big")[-1].text.endswith("→ zed joined (300 online)")
+    assert row(model, "#big").unread == 0  # arrivals are not unread messages
+
+
+def _fill(model: ChatModel, room: str, count: int, first_id: int, size: int = 200) -> None:
+    for n in range(count):
+        model.apply(message("x" * size + f" {room}{n}", id=first_id + n, room=room))
+
+
+def test_the_total_budget_evicts_the_views_shown_least_recently_first() -> None:
+    model = model_in("#a", "#b", "#c")
+    one = chattranscripts.line_cost(model._message_line(message("x" * 200 + " #b100", id=1)))
+    budget = 900 * one
+    model.transcripts.budget = budget
+    model.select("#b")
+    model.select("#c")
+    model.select("#a")  # shown now; #b least recently, then #c
+    for room, first in (("#b", 10_000), ("#c", 20_000)):
+        _fill(model, room, 600, first)
+    assert model.transcripts.total - model.transcripts.cost("#a") <= budget
+    c_lines = [line for line in model.transcript("#c") if line.message_id]
+    b_lines = [line for line in model.transcript("#b") if line.message_id]
+    assert len(c_lines) == 600  # #c, shown more recently, kept everything
+    assert 250 < len(b_lines) < 310  # #b, shown longer ago, gave up its oldest lines
+    assert b_lines[-1].text.endswith("#b599")  # the newest are kept
+    model.select("#b")  # now #c is the one shown least recently
+    _fill(model, "#a", 400, 30_000)  # #a is not shown now: over the budget again
+    assert len([ln for ln in model.transcript("#c") if ln.message_id]) < 600
+    model.select("#a")
+    _fill(model, "#a", 2100, 40_000)  # the view shown is only cut by its own line limit
+    assert len(model.transcript("#a")) == chatview.TRANSCRIPT_LIMIT
+    assert model.transcript("#a")[-1].text.endswith("#a2099")
+    assert model.transcripts.total - model.transcripts.cost("#a") <= budget
+
+
+def test_an_evicted_message_is_shown_again_when_the_room_sends_it_again() -> None:
+    model = model_in("#a", "#b")
+    model.transcripts.budget = 10 * chattranscripts.line_cost(model.transcript("#b")[-1])
+    _fill(model, "#b", 50, 500, size=10)
+    held = {line.message_id for line in model.transcript("#b")}
+    assert 500 not in held and 549 in held
+    model.apply(joined("#b", history=(message("again", id=500, room="#b", history=True),)))
+    assert any(line.message_id == 500 for line in model.transcript("#b"))
+
+
+def test_line_cost_counts_four_bytes_a_character_and_the_overhead() -> None:
+    line = model_in("#a").transcript("#a")[-1]
+    chars = sum(len(s.text) for s in line.spans) + len(line.body) + len(line.stamp) + \
+        len(line.sender)
+    assert chattranscripts.line_cost(line) == 4 * chars + chattranscripts.LINE_OVERHEAD
