@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import chattranscripts
 import chatview
+from chatsidebar import keyboard_place
 from chatview import ChatModel
 from client import (
     ErrorEvent,
@@ -317,3 +318,16 @@ def test_line_cost_counts_four_bytes_a_character_and_the_overhead() -> None:
     chars = sum(len(s.text) for s in line.spans) + len(line.body) + len(line.stamp) + \
         len(line.sender)
     assert chattranscripts.line_cost(line) == 4 * chars + chattranscripts.LINE_OVERHEAD
+
+
+def test_a_refresh_keeps_the_sidebar_row_the_person_moved_to() -> None:
+    items = {"r:#common", "r:#design", "h:private", "p:@bob"}
+    # Moved down to #design while #common is shown: a refresh keeps the place (no scroll).
+    assert keyboard_place("r:#common", "r:#common", "r:#design", items) == ("r:#design", False)
+    assert keyboard_place("r:#common", "r:#common", "h:private", items) == ("h:private", False)
+    # The conversation shown changed: to its row, scrolled into view.
+    assert keyboard_place("r:#common", "p:@bob", "r:#design", items) == ("p:@bob", True)
+    # The focused row went away (a room left): back to the current row.
+    assert keyboard_place("r:#common", "r:#common", "r:#games", items) == ("r:#common", True)
+    # Nothing shown (before login): nothing focused.
+    assert keyboard_place("", "", "", set()) == ("", False)
