@@ -8,8 +8,9 @@ Three bounds hold together:
 - a total `BUDGET` for all the views *not shown*: each line costs `line_cost` (4 bytes a
   character, CPython's widest string, plus a fixed `LINE_OVERHEAD` for the objects), and
   when the total is over the budget the oldest lines of the view shown least recently go
-  first. The view shown is never cut below its own limit, so a person never sees lines
-  vanish from what they are reading.
+  first. The view shown is never cut for the others; it is cut only by its own line limit
+  and, should it alone exceed the budget (pathological: 2,000 lines of maximal messages),
+  by its oldest lines. So all the transcripts together cost at most twice the budget.
 
 Message ids are kept per view to drop duplicates (the history a room sends on joining, a
 scrollback page): an id goes with its line when the line is evicted, and a view's set is
@@ -30,9 +31,9 @@ TRANSCRIPT_LIMIT = 2000  # lines kept per room or private conversation
 MAX_VIEWS = ROOM_CAP + CONTACT_CAP + 2
 #: Total cost of the lines of the views not shown, in (estimated) bytes.
 BUDGET = 32 * 1024 * 1024
-#: What a line costs besides its characters: the Line, its tuple of Spans, the string
-#: headers (CPython: about 50 to 80 bytes an object, a line has about ten).
-LINE_OVERHEAD = 512
+#: What a line costs besides its characters: the Line and its __dict__, the Spans, the
+#: string headers (measured with tracemalloc: about 690 bytes for a short message line).
+LINE_OVERHEAD = 768
 _SEEN_SLACK = 100  # ids a view may hold beyond twice its lines before they are cut back
 
 
@@ -153,3 +154,10 @@ class Transcripts:
             self.cut.add(victim)
             while self._lines[victim] and self.total - self.cost(self.shown) > self.budget:
                 self._pop_oldest(victim)
+        # The view shown alone over the budget (2,000 lines of the longest messages, whose
+        # astral characters Tk may show as long substitutes): its oldest lines go, the
+        # newest is always kept.
+        shown = self._lines.get(self.shown)
+        while shown is not None and len(shown) > 1 and self.cost(self.shown) > self.budget:
+            self.cut.add(self.shown)
+            self._pop_oldest(self.shown)

@@ -297,10 +297,15 @@ def test_the_total_budget_evicts_the_views_shown_least_recently_first() -> None:
     _fill(model, "#a", 400, 30_000)  # #a is not shown now: over the budget again
     assert len([ln for ln in model.transcript("#c") if ln.message_id]) < 600
     model.select("#a")
-    _fill(model, "#a", 2100, 40_000)  # the view shown is only cut by its own line limit
+    before = {room: model.transcripts.cost(room) for room in ("#b", "#c")}
+    model.transcripts.budget = sum(before.values()) + 10 * one  # the others just fit
+    _fill(model, "#a", 900, 40_000)  # the view shown does not count against the others
+    assert {room: model.transcripts.cost(room) for room in ("#b", "#c")} == before
+    assert model.transcript("#a")[-1].text.endswith("#a899")
+    model.transcripts.budget = 3000 * one  # more than the view shown can hold on its own:
+    _fill(model, "#a", 2100, 50_000)  # it is cut by its own line limit
     assert len(model.transcript("#a")) == chatview.TRANSCRIPT_LIMIT
     assert model.transcript("#a")[-1].text.endswith("#a2099")
-    assert model.transcripts.total - model.transcripts.cost("#a") <= budget
 
 
 def test_an_evicted_message_is_shown_again_when_the_room_sends_it_again() -> None:
@@ -331,3 +336,13 @@ def test_a_refresh_keeps_the_sidebar_row_the_person_moved_to() -> None:
     assert keyboard_place("r:#common", "r:#common", "r:#games", items) == ("r:#common", True)
     # Nothing shown (before login): nothing focused.
     assert keyboard_place("", "", "", set()) == ("", False)
+
+
+def test_the_view_shown_alone_over_the_budget_keeps_its_newest_lines() -> None:
+    model = model_in("#a")
+    one = chattranscripts.line_cost(model._message_line(message("x" * 200 + " #a100", id=1)))
+    model.transcripts.budget = 50 * one
+    _fill(model, "#a", 120, 100)
+    assert model.transcripts.cost("#a") <= model.transcripts.budget
+    held = [line for line in model.transcript("#a") if line.message_id]
+    assert 40 < len(held) <= 50 and held[-1].text.endswith("#a119")
