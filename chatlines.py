@@ -10,6 +10,7 @@ from typing import Callable
 from chattext import Line, NameColours, Span, bidi_display, colour_tag, format_time, tk_safe
 from chatwindow import _mentions
 from client import PrivateMessage, RoomMessage
+from privatestore import HistoryEntry
 
 
 class LineBuilder:
@@ -59,6 +60,16 @@ class LineBuilder:
                                 Span("  "),
                                 Span(self._body(event.text), ("body",))),
                     stamp=event.time, sender=event.peer, body=event.text)
+
+    def _stored_private_line(self, peer: str, entry: HistoryEntry) -> Line:
+        """A private message from the local history: drawn as history (grey), not unread."""
+        arrow = f"you → {peer}" if entry.direction == "out" else f"{peer} → you"
+        return Line("history", (self._time_span(entry.received_at),
+                                Span("", ("lock",), image="lock"),
+                                Span(f" private  {self._safe(arrow)}", ("private-label",)),
+                                Span("  "),
+                                Span(self._body(entry.text), ("body",))),
+                    stamp=entry.received_at, sender=peer, body=entry.text)
 
     def _event_line(self, kind: str, stamp: str, text: str) -> Line:
         return Line(kind, (self._time_span(stamp), Span(self._safe(text))), stamp=stamp)

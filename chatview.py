@@ -36,12 +36,15 @@ from chatlink import (
     Connected,
     ConnectFailed,
     NotSent,
+    PrivateContacts,
+    PrivateHistoryLoaded,
     Progress,
     ServerProbe,
     ServerReachable,
     batch,
 )
 from chatoutbox import Outbox, Pending
+from chatprivatehistory import PRIVATE_HISTORY_LINES, PrivateHistoryViews
 from chatscrollback import PAGE as HISTORY_PAGE
 from chatscrollback import Scrollback, gap_line, joined_gap
 from chatsettings import (
@@ -128,7 +131,7 @@ from rooms import COMMON_ROOM
 # import these names from chatview.
 __all__ = [
     "CONNECTED", "CONNECTING", "OFFLINE", "RECONNECTING",
-    "HISTORY_PAGE", "MAX_VIEWS", "TRANSCRIPT_BUDGET", "Transcripts", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
+    "HISTORY_PAGE", "MAX_VIEWS", "PRIVATE_HISTORY_LINES", "PrivateContacts", "PrivateHistoryLoaded", "TRANSCRIPT_BUDGET", "Transcripts", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
     "DEFAULT_PORT", "InputAction", "InputHistory", "KeyWarning", "Line", "LoginRequest",
     "NAME_PALETTE", "NOTE_SHOWN", "NOTIFICATION_CHARS", "NameColours", "NotSent", "OWN_COLOUR",
     "Outbox", "PREFERENCES_FILE", "Pending", "Preferences", "Progress", "REPLACEMENT", "Restore",
@@ -218,6 +221,7 @@ class ChatModel(LineBuilder):
         # rooms, 200 contacts), fed here on the Tk thread from the events the model applies.
         self.conversations = Conversations(me)
         self._asked_joins: set[str] = set()  # rooms the user asked to go to
+        self.private_views = PrivateHistoryViews()  # filled from the local history
         self.transcripts = Transcripts()  # per view; bounded in lines, views and bytes
         self._shown_requests: collections.Counter[str] = collections.Counter()
         self._changes = Changes()
@@ -379,6 +383,12 @@ class ChatModel(LineBuilder):
         answer shows it. The `joined` frames of a login do not move the view."""
         self._asked_joins.add(room)
 
+    def want_private_history(self) -> str:
+        """The contact whose private history to read now ("" for none): the first time a
+        private view is shown (see chatprivatehistory.py)."""
+        peer = self.peer
+        return peer if peer and self.private_views.want(peer, self.contacts) else ""
+
     def want_older(self) -> str:
         """The room whose older messages to ask for now ("" for none): see Scrollback."""
         room = self.view
@@ -437,6 +447,7 @@ class ChatModel(LineBuilder):
         self.colours.me = welcome.user
         self.conversations.rename_me(welcome.user)
         self.logged_in_once = True
+        self.private_views.since = self.private_views.since or self._now()
         # Said where the user is looking (after a drop: where "Connection lost" was said).
         self._add(self._system_line("system", f"{'Reconnected' if again else 'Connected'} to "
                                               f"{where} as {welcome.user}."),
@@ -641,6 +652,8 @@ class ChatModel(LineBuilder):
     def _on_private(self, event: PrivateMessage) -> None:
         self._know(event.peer)
         self.outbox.confirmed(event)
+        if not self.private_views.arrived(event.peer, event.outgoing, event.text, self._now()):
+            return  # its line came from the history a moment ago
         self._attention(event)
         key = ConversationKey.private(event.peer)
         view = private_key(event.peer)
@@ -651,6 +664,28 @@ class ChatModel(LineBuilder):
             # Typed as /privatemsg in another view: said where the user is looking too.
             self._add(self._system_line("system", f"Sent privately to {event.peer}: it is "
                                                   f"in the conversation with {event.peer}."))
+
+    def _on_private_contacts(self, event: PrivateContacts) -> None:
+        """The history's contacts at login: listed in the sidebar (nothing unread)."""
+        current = self._key(self.view) if self.view else None
+        for contact in reversed(event.contacts):  # the most recently active ends up first
+            if contact.peer.casefold() not in self.contacts:
+                self.conversations.open(ConversationKey.private(contact.peer))
+        self.conversations.current = current
+        self._changes.rooms = True
+
+    def _on_private_history(self, event: PrivateHistoryLoaded) -> None:
+        """A private view's last messages from the history go above its live lines."""
+        view = private_key(event.peer)
+        live = self.transcript(view)
+        entries = self.private_views.merge(event.peer, event.entries, live, self._now())
+        if not entries:
+            return
+        older = [self._divider(f"earlier with {event.peer}, from your private history")]
+        older += [self._stored_private_line(event.peer, entry) for entry in entries]
+        self.transcripts.replace(view, older + live)
+        if view == self.view:
+            self._changes.redraw = True
 
     def _on_private_rejected(self, event: PrivateRejected) -> None:
         self._add(self._event_line("error", event.time, f"⚠ A private message from {event.peer} "
@@ -702,6 +737,8 @@ class ChatModel(LineBuilder):
         UserList: _on_user_list,
         PrivateMessage: _on_private,
         PrivateRejected: _on_private_rejected,
+        PrivateContacts: _on_private_contacts,
+        PrivateHistoryLoaded: _on_private_history,
         KeyWarning: _on_key_warning,
         Notice: _on_notice,
         ErrorEvent: _on_error,
