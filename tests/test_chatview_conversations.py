@@ -3,10 +3,13 @@ badges, which view typed lines go to, private views, and scrollback (chatview.Ch
 chatscrollback.Scrollback)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import chattranscripts
 import chatview
+import identity
+import privatestore
+from chatlink import PrivateContacts, PrivateHistoryLoaded
 from chatsidebar import keyboard_place
 from chatview import ChatModel
 from client import (
@@ -24,6 +27,7 @@ from client import (
 )
 from conversations import Gap
 from events import PresenceBatch
+from privatestore import Contact, HistoryEntry
 
 NOW = datetime(2026, 11, 29, 20, 0, tzinfo=timezone.utc)
 STAMP = "2026-11-29T19:40:00.000Z"
@@ -346,3 +350,56 @@ def test_the_view_shown_alone_over_the_budget_keeps_its_newest_lines() -> None:
     assert model.transcripts.cost("#a") <= model.transcripts.budget
     held = [line for line in model.transcript("#a") if line.message_id]
     assert 40 < len(held) <= 50 and held[-1].text.endswith("#a119")
+
+
+def _entry(row: int, text: str, direction: str = "in",
+           received: str = "2026-11-28T10:00:00.000Z") -> HistoryEntry:
+    return HistoryEntry(row, "bob", direction, text, received, received)
+
+
+def test_the_private_history_fills_a_view_once_marked_as_history_and_not_unread() -> None:
+    model = model_in("#common")
+    model.apply(PrivateContacts((Contact("Bob", "2026-11-28T10:00:00.000Z", 3),
+                                 Contact("carol", "2026-11-27T10:00:00.000Z", 1))))
+    assert [(r.key, r.label, r.unread) for r in model.sidebar_rows() if r.kind == "private"] \
+        == [("@bob", "Bob", 0), ("@carol", "carol", 0)]
+    assert model.view == "#common"  # listed, not shown
+    model.apply(private("live one", "Bob"))  # arrived this session, before the view opened
+    model.select("@bob")
+    assert model.want_private_history() == "Bob"
+    assert model.want_private_history() == ""  # asked once
+    model.take_changes()
+    model.apply(PrivateHistoryLoaded("Bob", (_entry(1, "old question"),
+                                             _entry(2, "old answer", "out"),
+                                             _entry(3, "live one"))))
+    changes = model.take_changes()
+    assert changes.redraw
+    texts = [line.text for line in model.transcript()]
+    assert texts[0] == "── earlier with Bob, from your private history ──"
+    assert texts[1].endswith("private  Bob → you  old question")
+    assert texts[2].endswith("private  you → Bob  old answer")
+    assert sum("live one" in text for text in texts) == 1  # shown live: not twice
+    assert [line.kind for line in model.transcript()][1:3] == ["history", "history"]
+    assert row(model, "@bob").unread == 0
+
+
+def test_a_live_message_already_shown_from_the_history_is_not_shown_twice() -> None:
+    model = model_in("#common")
+    model.select(model.open_private("bob"))
+    assert model.want_private_history() == "bob"
+    # Recorded in the history just before it was read; its live event comes after.
+    recent = (NOW + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    model.apply(PrivateHistoryLoaded("bob", (_entry(7, "just now", received=recent),)))
+    model.apply(private("just now", "bob"))
+    assert sum("just now" in line.text for line in model.transcript()) == 1
+    model.apply(private("just now", "bob"))  # the same words again: a new message
+    assert sum("just now" in line.text for line in model.transcript()) == 2
+
+
+def test_a_broken_private_history_is_said_in_its_own_words() -> None:
+    code, message, retry = chatview.login_error_text(
+        privatestore.DamagedHistoryError("your private history x is damaged"), "alice", "h", 1)
+    assert (code, message, retry) == ("history", "your private history x is damaged", False)
+    code, message, _retry = chatview.login_error_text(identity.IdentityError("wrong passphrase"),
+                                                      "alice", "h", 1)
+    assert message == "Your key could not be opened: wrong passphrase"

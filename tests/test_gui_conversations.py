@@ -183,3 +183,37 @@ def test_the_sidebar_keeps_the_keyboard_place_across_refreshes_and_enter_shows_i
     assert entry(state, "#games")["badge"] == "" and state["sidebar_focus"] == "#games"
     gui.say("/quit")
     assert gui.exit_code() == 0
+
+
+def test_a_private_conversation_is_there_after_the_window_is_reopened(
+        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    bob.send_private("alice", "remember the blue door")
+    state = gui.wait(lambda s: entry(s, "bob").get("box"), "bob in the sidebar")
+    gui.click(entry(state, "bob")["box"])
+    gui.wait(lambda s: s["view"] == "@bob" and "remember the blue door" in s["conversation"],
+             "the private view")
+    mark = bob.recorder.mark()
+    gui.say("the blue door, noted")
+    bob.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing, after=mark)
+    state = gui.conversation_has("you → bob  the blue door, noted")
+    assert state["conversation"].count("remember the blue door") == 1  # no doubles
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+
+    again = launch()  # a new window, the same data folder
+    log_in(again)
+    state = again.wait(lambda s: entry(s, "bob").get("box"), "bob listed from the history")
+    assert entry(state, "bob")["badge"] == ""  # history is not unread
+    again.click(entry(state, "bob")["box"])
+    state = again.wait(lambda s: s["view"] == "@bob" and "the blue door, noted"
+                       in s["conversation"], "the conversation read from the history")
+    shown = state["conversation"]
+    assert "from your private history" in shown
+    assert "bob → you  remember the blue door" in shown
+    assert shown.count("remember the blue door") == 1 and shown.count("blue door, noted") == 1
+    again.say("/quit")
+    assert again.exit_code() == 0
