@@ -769,6 +769,7 @@ class ChatModel(LineBuilder):
         kept = {self.view, ""} | {s.key.name if s.key.is_room else private_key(s.key.name)
                                   for s in self.conversations.summaries()}
         self.transcripts.keep_only(kept)
+        self.private_views.asked.intersection_update(self.contacts)  # read again if reopened
 
     def _know(self, user: str) -> None:
         if user:
