@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import identity
+import privatestore
 from chatsettings import LoginRequest, login_error_text
 from client import ChatClient, Disconnected, ErrorEvent, Event, LoginError, TlsSettings, Welcome
 from commands import CommandError
+from conversations import CONTACT_CAP
 
 log = logging.getLogger("gapshape.gui")
 
@@ -64,6 +66,21 @@ class Progress(Event):
     text: str
 
 
+@dataclass(frozen=True)
+class PrivateContacts(Event):
+    """At login: the contacts the private history holds, most recently active first."""
+
+    contacts: tuple[privatestore.Contact, ...]
+
+
+@dataclass(frozen=True)
+class PrivateHistoryLoaded(Event):
+    """The newest private messages with `peer` from the history, oldest first."""
+
+    peer: str
+    entries: tuple[privatestore.HistoryEntry, ...]
+
+
 class ClientLink:
     """The window's handle on the network. No method blocks: each queues work for one
     worker thread, which connects, sends and closes in order.
@@ -88,6 +105,11 @@ class ClientLink:
         self._ready = False  # whether the current connection's Connected has been posted
         self._held: list[Event] = []
         self._identities: dict[str, identity.Identity] = {}  # casefolded user -> loaded key
+        # The private history of the user logged in: opened once per login (not once per
+        # reconnect, so its integrity check runs once), closed at shutdown or when another
+        # user logs in. Only the worker thread uses it (it may wait on SQLite's lock).
+        self._history: privatestore.PrivateHistory | None = None
+        self._history_user = ""
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="gapshape-link", daemon=True)
         self._thread.start()
@@ -122,6 +144,13 @@ class ClientLink:
     def request(self, kind: str, *, quiet: bool = True) -> None:
         self._work.put(lambda: self._call(lambda c: c.request(kind), quiet=quiet))
 
+    def load_private(self, peer: str, limit: int) -> None:
+        """The newest `limit` private messages with `peer`: a PrivateHistoryLoaded (or an
+        ErrorEvent) comes back. Read here, on the worker, not on the Tk thread: a read can
+        wait up to privatestore.BUSY_TIMEOUT for another writer."""
+        self._work.put(lambda: self._read_history(
+            lambda h: PrivateHistoryLoaded(peer, tuple(h.conversation(peer, limit=limit)))))
+
     def quit(self) -> None:
         """Say goodbye to the server; `Disconnected(clean=True)` follows."""
         self._work.put(self._quit)
@@ -133,6 +162,7 @@ class ClientLink:
     def shutdown(self, timeout: float = 3.0) -> None:
         """Close everything and stop the worker (waits at most `timeout`)."""
         self._work.put(self._drop)
+        self._work.put(self._close_history)
         self._work.put(None)
         self._thread.join(timeout)
 
@@ -169,13 +199,17 @@ class ClientLink:
         if known is None and not _identity_exists(self.data_dir, request.username):
             self._post(Progress("Creating your encryption key (first login only)…"))
         try:
+            if known is None:
+                known = identity.load_or_create_identity(self.data_dir, request.username,
+                                                          request.passphrase or None)
+            # Reconnecting reuses the unlocked key: no passphrase needed, no file read.
+            self._identities[request.username.casefold()] = known
+            history = self._open_history(request.username, known)
             client = self._make_client(
                 request.username, request.host, request.port, data_dir=self.data_dir,
                 passphrase=request.passphrase or None, ident=known, timeout=self._timeout,
-                tls=self._tls,
+                tls=self._tls, private_history=history,
                 on_event=lambda event, g=generation: self._deliver(g, event))
-            # Reconnecting reuses the unlocked key: no passphrase needed, no file read.
-            self._identities[request.username.casefold()] = client.identity
             welcome = client.connect()
         except (LoginError, identity.IdentityError, OSError) as exc:
             code, message, retry = login_error_text(exc, request.username, request.host,
@@ -191,6 +225,36 @@ class ClientLink:
                     self._client = None
                 self._post(event)
             self._ready = True
+        self._read_history(_contacts)
+
+    def _open_history(self, username: str, ident: identity.Identity
+                      ) -> privatestore.PrivateHistory:
+        """The user's private history, opened at their first login here (PrivateHistoryError,
+        an IdentityError, fails the login as ChatClient would)."""
+        if self._history is not None and self._history_user == username.casefold():
+            return self._history
+        self._close_history()
+        self._history = privatestore.open_private_history(self.data_dir, username,
+                                                          ident.private_key)
+        self._history_user = username.casefold()
+        return self._history
+
+    def _close_history(self) -> None:
+        history, self._history, self._history_user = self._history, None, ""
+        if history is not None:
+            history.close()
+
+    def _read_history(self, read: Callable[[privatestore.PrivateHistory], Event | None]
+                      ) -> None:
+        if self._history is None:
+            return
+        try:
+            event = read(self._history)
+        except privatestore.PrivateHistoryError as exc:
+            event = ErrorEvent("private_history", f"Your private history could not be "
+                                                  f"read: {exc}")
+        if event is not None:
+            self._post(event)
 
     def _call(self, action: Callable[[ChatClient], object], quiet: bool = False,
               line: str = "") -> None:
@@ -228,6 +292,12 @@ class ClientLink:
             self._ready, self._held = False, []
         if client is not None:
             client.close()
+
+
+def _contacts(history: privatestore.PrivateHistory) -> PrivateContacts | None:
+    """The history's contacts for the sidebar (None when it holds none)."""
+    contacts = tuple(history.contacts(limit=CONTACT_CAP))  # the sidebar lists no more
+    return PrivateContacts(contacts) if contacts else None
 
 
 def _identity_exists(data_dir: Path, username: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import identity
+import privatestore
 from client import LoginError
 from errors import GapshapeError
 from rooms import normalize_room, validate_name
@@ -86,6 +87,8 @@ def login_error_text(exc: BaseException, user: str, host: str, port: int) -> tup
         template = _LOGIN_WORDS.get(exc.code)
         text = template.format(user=user, where=where, detail=exc.message) if template else exc.message
         return exc.code, text, exc.code not in _FATAL_CODES
+    if isinstance(exc, privatestore.PrivateHistoryError):  # says what is wrong on its own
+        return "history", str(exc), False
     if isinstance(exc, identity.IdentityError):
         return "identity", f"Your key could not be opened: {exc}", False
     if isinstance(exc, ConnectionRefusedError):

@@ -72,3 +72,14 @@ def neighbour(rows: list[SidebarRow], view: str, step: int) -> str:
         return ""
     here = keys.index(view) if view in keys else -1
     return keys[(here + step) % len(keys)]
+
+
+def keyboard_place(last_current: str, current: str, focus: str,
+                   present: set[str]) -> tuple[str, bool]:
+    """Where the sidebar's keyboard focus goes after a refresh: (item, scroll it into view).
+    A refresh (a badge, the 15 s room counts) keeps the row the person moved to with
+    Up/Down, and the scroll position; only a change of the conversation shown (or the
+    focused row going away) moves the focus to the current row and shows it."""
+    if current != last_current or focus not in present:
+        return current, bool(current)
+    return focus, False

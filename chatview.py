@@ -30,17 +30,21 @@ from typing import Any, Callable
 
 import commands
 from chatinput import InputAction, InputHistory, TabCompleter, interpret_input
+from chatlines import LineBuilder
 from chatlink import (
     ClientLink,
     Connected,
     ConnectFailed,
     NotSent,
+    PrivateContacts,
+    PrivateHistoryLoaded,
     Progress,
     ServerProbe,
     ServerReachable,
     batch,
 )
 from chatoutbox import Outbox, Pending
+from chatprivatehistory import PRIVATE_HISTORY_LINES, PrivateHistoryViews
 from chatscrollback import PAGE as HISTORY_PAGE
 from chatscrollback import Scrollback, gap_line, joined_gap
 from chatsettings import (
@@ -76,15 +80,17 @@ from chattext import (
     tk_can_show_astral,
     tk_safe,
 )
+from chattranscripts import BUDGET as TRANSCRIPT_BUDGET
+from chattranscripts import MAX_VIEWS, TRANSCRIPT_LIMIT, Transcripts
 from chatwindow import (
     NOTIFICATION_CHARS,
     STATUS_LABELS,
     Backoff,
-    _mentions,
     find_links,
     full_time,
     group_hex,
     notification_text,
+    presence_text,
     should_autoscroll,
     status_word,
     system_theme,
@@ -115,18 +121,17 @@ from client import (
 from client import NotSent as LibraryNotSent
 from commands import CommandError
 from conversations import (
-    CONTACT_CAP,
-    ROOM_CAP,
     ConversationKey,
     Conversations,
 )
+from events import PresenceBatch
 from rooms import COMMON_ROOM
 
 # Everything that was defined here before the split; the window, the tests and the tools
 # import these names from chatview.
 __all__ = [
     "CONNECTED", "CONNECTING", "OFFLINE", "RECONNECTING",
-    "HISTORY_PAGE", "MAX_VIEWS", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
+    "HISTORY_PAGE", "MAX_VIEWS", "PRIVATE_HISTORY_LINES", "PrivateContacts", "PrivateHistoryLoaded", "TRANSCRIPT_BUDGET", "Transcripts", "Backoff", "Changes", "ChatModel", "ClientLink", "ConnectFailed", "Connected", "DEFAULT_HOST",
     "DEFAULT_PORT", "InputAction", "InputHistory", "KeyWarning", "Line", "LoginRequest",
     "NAME_PALETTE", "NOTE_SHOWN", "NOTIFICATION_CHARS", "NameColours", "NotSent", "OWN_COLOUR",
     "Outbox", "PREFERENCES_FILE", "Pending", "Preferences", "Progress", "REPLACEMENT", "Restore",
@@ -139,10 +144,6 @@ __all__ = [
     "tk_can_show_astral", "tk_safe", "wants_attention", "warning_text", "window_title",
 ]
 
-TRANSCRIPT_LIMIT = 2000  # lines kept per room or private conversation
-#: Transcripts kept at most: every room and contact the tracker keeps, the view shown and
-#: the one for lines said before any room (conversations.py's caps, plus two).
-MAX_VIEWS = ROOM_CAP + CONTACT_CAP + 2
 NOTE_SHOWN = 24  # characters of a status note shown in the member list
 STATUS_COLOURS = {"online": "#2e9e4f", "away": "#e0a100", "dnd": "#d93025"}
 
@@ -183,7 +184,7 @@ class Restore:
 CONNECTING, CONNECTED, RECONNECTING, OFFLINE = "connecting", "connected", "reconnecting", "offline"
 
 
-class ChatModel:
+class ChatModel(LineBuilder):
     """The session the window displays; fed events, asked for changes.
 
     The window shows one *view* at a time (`view`): a room the user is in, or a private
@@ -220,8 +221,8 @@ class ChatModel:
         # rooms, 200 contacts), fed here on the Tk thread from the events the model applies.
         self.conversations = Conversations(me)
         self._asked_joins: set[str] = set()  # rooms the user asked to go to
-        self._transcripts: dict[str, collections.deque[Line]] = {}
-        self._seen: dict[str, set[int]] = {}
+        self.private_views = PrivateHistoryViews()  # filled from the local history
+        self.transcripts = Transcripts()  # per view; bounded in lines, views and bytes
         self._shown_requests: collections.Counter[str] = collections.Counter()
         self._changes = Changes()
         self.outbox = Outbox()
@@ -233,7 +234,7 @@ class ChatModel:
         return changes
 
     def transcript(self, view: str | None = None) -> list[Line]:
-        return list(self._transcripts.get(self.view if view is None else view, ()))
+        return self.transcripts.lines(self.view if view is None else view)
 
     @property
     def contacts(self) -> dict[str, str]:
@@ -249,6 +250,7 @@ class ChatModel:
     def _show(self, view: str) -> None:
         """`view` is what the window shows now: the tracker's current conversation."""
         self.view = view
+        self.transcripts.show(view)
         if view:
             self.conversations.open(self._key(view))
         else:
@@ -381,10 +383,16 @@ class ChatModel:
         answer shows it. The `joined` frames of a login do not move the view."""
         self._asked_joins.add(room)
 
+    def want_private_history(self) -> str:
+        """The contact whose private history to read now ("" for none): the first time a
+        private view is shown (see chatprivatehistory.py)."""
+        peer = self.peer
+        return peer if peer and self.private_views.want(peer, self.contacts) else ""
+
     def want_older(self) -> str:
         """The room whose older messages to ask for now ("" for none): see Scrollback."""
         room = self.view
-        held = len(self._transcripts.get(room, ()))
+        held = self.transcripts.held(room)
         return room if room in self.my_rooms and self.scrollback.want(room, held) else ""
 
     def set_focus(self, focused: bool) -> None:
@@ -439,6 +447,7 @@ class ChatModel:
         self.colours.me = welcome.user
         self.conversations.rename_me(welcome.user)
         self.logged_in_once = True
+        self.private_views.since = self.private_views.since or self._now()
         # Said where the user is looking (after a drop: where "Connection lost" was said).
         self._add(self._system_line("system", f"{'Reconnected' if again else 'Connected'} to "
                                               f"{where} as {welcome.user}."),
@@ -503,7 +512,7 @@ class ChatModel:
         self.rooms[room] = max(event.member_count, len(event.members))
         for m in event.members:
             self._know(m.user)
-        fresh = [m for m in event.history if m.id not in self._seen.get(room, set())]
+        fresh = [m for m in event.history if not self.transcripts.has_seen(room, m.id)]
         gap = joined_gap(self.conversations, event, self.me)
         if gap is not None and not any(line.kind == "gap" for line in self.transcript(room)):
             self._add(gap_line(gap), view=room)
@@ -539,16 +548,12 @@ class ChatModel:
 
     def _on_history_page(self, event: HistoryPage) -> None:
         room = event.room
-        seen = self._seen.setdefault(room, set())
-        fresh = [m for m in event.messages if m.id not in seen]
-        seen.update(m.id for m in fresh)
-        shown = self._transcripts.setdefault(room, collections.deque(maxlen=TRANSCRIPT_LIMIT))
+        fresh = [m for m in event.messages if not self.transcripts.has_seen(room, m.id)]
         ids = [m.id for m in event.messages]
         gap = self.conversations.history_loaded(room, ids, event.more)
-        merged = self.scrollback.merge(room, list(shown), [self._message_line(m) for m in fresh],
-                                       event.more, gap)
-        shown.clear()
-        shown.extend(merged)
+        merged = self.scrollback.merge(room, self.transcripts.lines(room),
+                                       [self._message_line(m) for m in fresh], event.more, gap)
+        self.transcripts.replace(room, merged, (m.id for m in fresh))
         if room == self.view:
             self._changes.redraw = self._changes.keep_place = True
 
@@ -574,6 +579,19 @@ class ChatModel:
         else:
             text = f"← {event.user} left ({reason})"
         self._add(self._event_line("system", event.time, text), view=event.room)
+
+    def _on_presence(self, event: PresenceBatch) -> None:
+        """A big room's batch: the names it carries come and go from the member list (a
+        page, not everyone), the room's count is the server's exact one."""
+        people = self._members.setdefault(event.room, {})
+        for user in event.joined:
+            self._know(user)
+            people[user.casefold()] = MemberInfo(user, "online", "")
+        for user, _reason in event.left:
+            people.pop(user.casefold(), None)
+        self.rooms[event.room] = event.member_count
+        self._changes.members = self._changes.rooms = True
+        self._add(self._event_line("system", event.time, presence_text(event)), view=event.room)
 
     def _on_status(self, event: StatusChanged) -> None:
         mine = event.user.casefold() == self.me.casefold()
@@ -615,7 +633,9 @@ class ChatModel:
     def _on_room_list(self, event: RoomList) -> None:
         self.rooms = dict(event.rooms)
         for room in self.my_rooms:
-            self.rooms[room] = len(self._members.get(room, {})) or self.rooms.get(room, 0)
+            # The server's count when it lists the room: in a big room the member list is
+            # a page, not everyone.
+            self.rooms[room] = self.rooms.get(room) or len(self._members.get(room, {}))
         self._changes.rooms = True
         if self._take_request("rooms"):
             listing = ", ".join(f"{name} ({count})" for name, count in event.rooms)
@@ -632,6 +652,8 @@ class ChatModel:
     def _on_private(self, event: PrivateMessage) -> None:
         self._know(event.peer)
         self.outbox.confirmed(event)
+        if not self.private_views.arrived(event.peer, event.outgoing, event.text, self._now()):
+            return  # its line came from the history a moment ago
         self._attention(event)
         key = ConversationKey.private(event.peer)
         view = private_key(event.peer)
@@ -642,6 +664,28 @@ class ChatModel:
             # Typed as /privatemsg in another view: said where the user is looking too.
             self._add(self._system_line("system", f"Sent privately to {event.peer}: it is "
                                                   f"in the conversation with {event.peer}."))
+
+    def _on_private_contacts(self, event: PrivateContacts) -> None:
+        """The history's contacts at login: listed in the sidebar (nothing unread)."""
+        current = self._key(self.view) if self.view else None
+        for contact in reversed(event.contacts):  # the most recently active ends up first
+            if contact.peer.casefold() not in self.contacts:
+                self.conversations.open(ConversationKey.private(contact.peer))
+        self.conversations.current = current
+        self._changes.rooms = True
+
+    def _on_private_history(self, event: PrivateHistoryLoaded) -> None:
+        """A private view's last messages from the history go above its live lines."""
+        view = private_key(event.peer)
+        live = self.transcript(view)
+        entries = self.private_views.merge(event.peer, event.entries, live, self._now())
+        if not entries:
+            return
+        older = [self._divider(f"earlier with {event.peer}, from your private history")]
+        older += [self._stored_private_line(event.peer, entry) for entry in entries]
+        self.transcripts.replace(view, older + live)
+        if view == self.view:
+            self._changes.redraw = True
 
     def _on_private_rejected(self, event: PrivateRejected) -> None:
         self._add(self._event_line("error", event.time, f"⚠ A private message from {event.peer} "
@@ -686,12 +730,15 @@ class ChatModel:
         HistoryPage: _on_history_page,
         UserJoined: _on_user_joined,
         UserLeft: _on_user_left,
+        PresenceBatch: _on_presence,
         StatusChanged: _on_status,
         MemberList: _on_member_list,
         RoomList: _on_room_list,
         UserList: _on_user_list,
         PrivateMessage: _on_private,
         PrivateRejected: _on_private_rejected,
+        PrivateContacts: _on_private_contacts,
+        PrivateHistoryLoaded: _on_private_history,
         KeyWarning: _on_key_warning,
         Notice: _on_notice,
         ErrorEvent: _on_error,
@@ -700,75 +747,18 @@ class ChatModel:
     }
 
 
-    # -- building lines -------------------------------------------------------------------
-
-    def _safe(self, text: str) -> str:
-        return tk_safe(text, astral=self.astral)
-
-    def _body(self, text: str) -> str:
-        """A message's text as Tk should draw it: safe, and right-to-left runs in order."""
-        return bidi_display(self._safe(text))
-
-    def _time_span(self, stamp: str) -> Span:
-        shown = format_time(stamp, self._now()) if stamp else self._now().strftime("%H:%M")
-        return Span(f"{shown or '--:--'}  ", ("time",))
-
-    def _message_line(self, event: RoomMessage) -> Line:
-        mine = event.own or event.user.casefold() == self.me.casefold()
-        if event.history:
-            kind = "history"
-        elif mine:
-            kind = "own"
-        elif self.me and _mentions(event.text, self.me):
-            kind = "mention"
-        else:
-            kind = "message"
-        name_tags = ("name", colour_tag(self.colours(event.user)))
-        return Line(kind, (self._time_span(event.time),
-                           Span(self._safe(event.user), name_tags),
-                           Span("  "),
-                           Span(self._body(event.text), ("body",))), event.id,
-                    stamp=event.time, sender=event.user, body=event.text)
-
-    def _private_line(self, event: PrivateMessage) -> Line:
-        arrow = f"you → {event.peer}" if event.outgoing else f"{event.peer} → you"
-        # `verified`: the user compared this contact's key out of band (/verify); every
-        # private message shown at all has had its signature checked.
-        mark = " (verified)" if event.verified else ""
-        return Line("private", (self._time_span(event.time),
-                                Span("", ("lock",), image="lock"),
-                                Span(f" private  {self._safe(arrow)}{mark}", ("private-label",)),
-                                Span("  "),
-                                Span(self._body(event.text), ("body",))),
-                    stamp=event.time, sender=event.peer, body=event.text)
-
-    def _event_line(self, kind: str, stamp: str, text: str) -> Line:
-        return Line(kind, (self._time_span(stamp), Span(self._safe(text))), stamp=stamp)
-
-    def _system_line(self, kind: str, text: str) -> Line:
-        return Line(kind, (self._time_span(""), Span(self._safe(text))))
-
-    def _divider(self, text: str) -> Line:
-        return Line("divider", (Span(f"── {self._safe(text)} ──"),))
-
     # -- bookkeeping ----------------------------------------------------------------------
 
     def _add(self, line: Line, view: str | None = None) -> bool:
         """Append to a view's transcript (the visible one unless `view` says otherwise);
         False if that message is already there."""
         target = view or self.view or ""
-        if target not in self._transcripts and len(self._transcripts) >= MAX_VIEWS:
+        if not self.transcripts.held(target) and len(self.transcripts) >= MAX_VIEWS:
             self._forget_views()
-        lines = self._transcripts.setdefault(target, collections.deque(maxlen=TRANSCRIPT_LIMIT))
-        if line.message_id is not None:
-            seen = self._seen.setdefault(target, set())
-            if line.message_id in seen:
-                return False
-            seen.add(line.message_id)
-            if len(seen) > 4 * TRANSCRIPT_LIMIT:  # forget the oldest half, roughly
-                keep = {ln.message_id for ln in lines if ln.message_id is not None}
-                seen.intersection_update(keep)
-        lines.append(line)
+        if not self.transcripts.add(target, line):
+            return False
+        for room in self.transcripts.take_cut():  # older lines gone: scrolling back may
+            self.scrollback.forget(room)  # fetch them again
         if target == (self.view or ""):
             self._changes.lines.append(line)
         return True
@@ -778,9 +768,8 @@ class ChatModel:
         most ROOM_CAP rooms and CONTACT_CAP contacts), so MAX_VIEWS bounds them."""
         kept = {self.view, ""} | {s.key.name if s.key.is_room else private_key(s.key.name)
                                   for s in self.conversations.summaries()}
-        for view in [v for v in self._transcripts if v not in kept]:
-            del self._transcripts[view]
-            self._seen.pop(view, None)
+        self.transcripts.keep_only(kept)
+        self.private_views.asked.intersection_update(self.contacts)  # read again if reopened
 
     def _know(self, user: str) -> None:
         if user:

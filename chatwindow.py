@@ -10,6 +10,7 @@ from typing import Callable
 
 from chattext import server_time
 from client import Event, KeyWarning, PrivateMessage, RoomMessage
+from events import PresenceBatch
 from rooms import STATUS_ALIASES
 
 STATUS_LABELS = {"online": "online", "away": "away", "dnd": "do not disturb"}
@@ -163,3 +164,24 @@ def status_word(label: str) -> str:
         if text.casefold() == label.strip().casefold():
             return word
     return STATUS_ALIASES.get(label.strip().lower(), "online")
+
+
+def _some_and_others(names: list[str], count: int) -> str:
+    """'ann, bo and 55 others': the names a batch carries, and how many more there were."""
+    others = count - len(names)
+    if others > 0:
+        return ", ".join(names) + (" and " if names else "") + \
+            f"{others} other{'s' if others > 1 else ''}"
+    return ", ".join(names)
+
+
+def presence_text(event: PresenceBatch) -> str:
+    """One line for a big room's batch of arrivals and departures (as the terminal says
+    it): '→ ann, bo and 55 others joined; ← cy left (230 online)'. Raw text: the model
+    makes it safe for Tk."""
+    parts = []
+    if event.joined_count:
+        parts.append(f"→ {_some_and_others(list(event.joined), event.joined_count)} joined")
+    if event.left_count:
+        parts.append(f"← {_some_and_others([u for u, _ in event.left], event.left_count)} left")
+    return f"{'; '.join(parts) or 'no change'} ({event.member_count} online)"

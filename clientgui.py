@@ -206,6 +206,9 @@ class App:
         assert main is not None
         if changes.redraw:
             main.show_lines(model.transcript(), replace=True, keep_place=changes.keep_place)
+            peer = model.want_private_history()  # a private view opened: its last messages
+            if peer:
+                self.link.load_private(peer, chatview.PRIVATE_HISTORY_LINES)
         elif changes.lines:
             main.show_lines(changes.lines)
         if changes.redraw or changes.members or changes.rooms or changes.title:

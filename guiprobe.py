@@ -122,6 +122,8 @@ class Probe:
         box = main.text.bbox(gap[0]) if gap else None
         shot["gap_box"] = self._text_box(main.text, box) if box else []
         shot["sidebar_view"] = [round(v, 4) for v in main.rooms.yview()]
+        focus_row = main.sidebar.rows.get(main.rooms.focus())
+        shot["sidebar_focus"] = focus_row.key if focus_row is not None else main.rooms.focus()
         shot["loading_older"] = app.model.scrollback.loading
         shot["members"] = []
         for number, name in enumerate(main.member_names, start=1):

@@ -12,6 +12,7 @@ import tkinter as tk
 from tkinter import ttk
 from typing import TYPE_CHECKING, Callable
 
+import chatsidebar
 import chatview
 import guitheme
 from chatview import SidebarRow
@@ -40,6 +41,7 @@ class Sidebar(ttk.Frame):
         self.title = tk.StringVar(self, "ROOMS")
         self.hint = tk.StringVar(self)
         self.stale = False
+        self.last_current = ""  # the current row at the last refresh
         self.rows: dict[str, SidebarRow] = {}  # tree item -> what it shows
         self.rowconfigure(1, weight=1)
         self.columnconfigure(0, weight=1)
@@ -96,6 +98,7 @@ class Sidebar(ttk.Frame):
         """Bring the tree in line with `rows`, touching only what changed, and keep the
         current row in view."""
         tree = self.tree
+        top = tree.yview()[0]  # the scroll position, kept unless the current row changed
         self.stale = stale
         self.title.set("ROOMS · offline, not up to date" if stale else "ROOMS")
         wanted: list[tuple[str, str, tuple[str, ...], tuple[str, str], bool]] = []
@@ -126,13 +129,24 @@ class Sidebar(ttk.Frame):
                 image = {"image": self.lock} if locked and self.lock is not None else {}
                 tree.insert("", index, iid=item, text=text, tags=tags, values=values, **image)
         current = next((item for item, row in self.rows.items() if row.current), "")
-        if current:
-            if tree.selection() != (current,):
-                tree.selection_set(current)
-            tree.focus(current)
-            tree.see(current)
-        else:
+        self._place(current, top)
+
+    def _place(self, current: str, top: float) -> None:
+        """Keyboard focus and scrolling after a refresh (see chatsidebar.keyboard_place)."""
+        tree = self.tree
+        focus, show = chatsidebar.keyboard_place(self.last_current, current, tree.focus(),
+                                                 set(tree.get_children()))
+        self.last_current = current
+        if not focus:
             tree.selection_set(())
+            return
+        if tree.selection() != (focus,):
+            tree.selection_set(focus)
+        tree.focus(focus)
+        if show:
+            tree.see(focus)
+        else:
+            tree.yview_moveto(top)
 
     # -- the person's actions -------------------------------------------------------------
 

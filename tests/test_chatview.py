@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import chatview
 import identity
+import privatestore
 from chatview import (
     CONNECTED,
     OFFLINE,
@@ -652,12 +653,18 @@ def test_link_drops_events_of_a_replaced_connection(tmp_path: Path) -> None:
     link.connect(LoginRequest("alice", "h", 1))
     assert [type(e) for e in _collect(posted, 2)] == [Connected, RoomJoined]  # key known now
     FakeClient.instances[0].on_event(Disconnected("late news", False))  # the old one
-    assert FakeClient.instances[1].given_identity == "key of alice"  # loaded once, reused
+    first, second = FakeClient.instances[:2]
+    assert second.given_identity is first.given_identity is not None  # loaded once, reused
+    # One private history per login, not one per connection (its integrity check runs once).
+    history = first.options["private_history"]
+    assert second.options["private_history"] is history and history.contacts() == []
     link.quit()
     (event,) = _collect(posted, 1)
     assert event == Disconnected("goodbye", True)
     assert FakeClient.instances[0].closed
     link.shutdown()
+    with pytest.raises(privatestore.PrivateHistoryError, match="closed"):  # closed at the end
+        history.contacts()
 
 
 def test_link_reports_login_failures_and_offline_sends(tmp_path: Path) -> None:

@@ -144,3 +144,76 @@ def test_scrolling_to_the_top_loads_older_messages_and_a_gap_is_shown(
               "click", "--repeat", "3", "--delay", "30", "4")
     state = again.wait(lambda s: s["conversation_view"][0] == 0.0, "the view at the top")
     assert state["loading_older"] == "" and state["conversation"] == shown
+
+
+def test_the_sidebar_keeps_the_keyboard_place_across_refreshes_and_enter_shows_it(
+        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    bob.join("#games")
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#games")
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    gui.say("/join design")
+    gui.wait(lambda s: s["view"] == "#design", "#design shown")
+    gui.say("/join games")
+    gui.wait(lambda s: s["view"] == "#games", "#games shown")
+    gui.say("/query #common")
+    gui.wait(lambda s: s["view"] == "#common" and s["sidebar_focus"] == "#common",
+             "#common shown and focused in the sidebar")
+    # Shift+Tab from the input box takes the keyboard back to the sidebar.
+    for _ in range(6):
+        if "treeview" in gui.state()["focus"]:
+            break
+        gui.key("shift+Tab")
+        gui.wait(lambda s: s["focus"] != "input", "the focus left the input box")
+    gui.wait(lambda s: "treeview" in s["focus"], "the keyboard in the sidebar")
+    gui.key("Down")
+    gui.wait(lambda s: s["sidebar_focus"] == "#design", "Down to #design")
+    # Bob's line in #games redraws the sidebar (a badge): the place stays on #design.
+    bob.say("a game tonight?", room="#games")
+    state = gui.wait(lambda s: entry(s, "#games").get("badge") == "1", "the badge on #games")
+    assert state["sidebar_focus"] == "#design" and state["view"] == "#common"
+    gui.key("Down")
+    gui.wait(lambda s: s["sidebar_focus"] == "#games", "Down to #games")
+    # Enter shows the row the keyboard is on (and reads it).
+    gui.key("Return")
+    state = gui.wait(lambda s: s["view"] == "#games" and entry(s, "#games")["current"]
+                     and "a game tonight?" in s["conversation"], "Enter shows #games")
+    assert entry(state, "#games")["badge"] == "" and state["sidebar_focus"] == "#games"
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+
+
+def test_a_private_conversation_is_there_after_the_window_is_reopened(
+        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+    host, port = chat_server.address
+    bob = client_factory(chat_server, "bob", key=0)
+    gui = launch("--username", "alice", "--host", host, "--port", str(port))
+    log_in(gui)
+    bob.send_private("alice", "remember the blue door")
+    state = gui.wait(lambda s: entry(s, "bob").get("box"), "bob in the sidebar")
+    gui.click(entry(state, "bob")["box"])
+    gui.wait(lambda s: s["view"] == "@bob" and "remember the blue door" in s["conversation"],
+             "the private view")
+    mark = bob.recorder.mark()
+    gui.say("the blue door, noted")
+    bob.recorder.wait_for(lambda e: isinstance(e, PrivateMessage) and not e.outgoing, after=mark)
+    state = gui.conversation_has("you → bob  the blue door, noted")
+    assert state["conversation"].count("remember the blue door") == 1  # no doubles
+    gui.say("/quit")
+    assert gui.exit_code() == 0
+
+    again = launch()  # a new window, the same data folder
+    log_in(again)
+    state = again.wait(lambda s: entry(s, "bob").get("box"), "bob listed from the history")
+    assert entry(state, "bob")["badge"] == ""  # history is not unread
+    again.click(entry(state, "bob")["box"])
+    state = again.wait(lambda s: s["view"] == "@bob" and "the blue door, noted"
+                       in s["conversation"], "the conversation read from the history")
+    shown = state["conversation"]
+    assert "from your private history" in shown
+    assert "bob → you  remember the blue door" in shown
+    assert shown.count("remember the blue door") == 1 and shown.count("blue door, noted") == 1
+    again.say("/quit")
+    assert again.exit_code() == 0
