@@ -310,6 +310,10 @@ class RawClient:
         self.sock.close()
 
 
+def joined_frame(room: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: f.get("type") == "joined" and f.get("room") == room
+
+
 def envelope(sender: str, recipient: str, i: int) -> dict[str, Any]:
     """An envelope of the right shape: the server relays it unread, so its bytes are
     never opened here (the crypto's cost is the clients', measured in bench/run.py)."""
@@ -467,7 +471,7 @@ class ClusterBench:
             for i in range(self.s.joins):
                 room = f"#j{i}"
                 alice.send({"type": "join", "room": room})
-                alice.wait_for(lambda f: f.get("type") == "joined" and f.get("room") == room)
+                alice.wait_for(joined_frame(room))
             joins = spent(before, redis.snapshot())
             before = redis.snapshot()
             for i in range(self.s.privates):
