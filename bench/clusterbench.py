@@ -332,8 +332,15 @@ def envelope(sender: str, recipient: str, i: int) -> dict[str, Any]:
 
 
 def make_key() -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    """One RSA-3072 key shared by every bench user: (private PKCS#8 DER, public DER)."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError:  # pycryptodome, the project's own dependency (as bench/run.py)
+        from Crypto.PublicKey import RSA
+
+        pkey = RSA.generate(3072)
+        return pkey.export_key("DER", pkcs=8), pkey.public_key().export_key("DER")
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
     private = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
