@@ -78,12 +78,12 @@ from loadgen import (  # noqa: E402
 
 NGIRCD = "ngircd"
 ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm", "reconnect",
-        "ngircd", "soak")
+        "ngircd", "cluster", "soak")
 # Without --rows: every row but the soak (minutes long by design).
 DEFAULT_ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm",
-                "reconnect", "ngircd")
+                "reconnect", "ngircd", "cluster")
 QUICK_ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm",
-              "reconnect")
+              "reconnect", "cluster")
 SENDERS = 4
 BENCH_ROOM = "#bench"
 
@@ -1017,6 +1017,9 @@ def main(argv: list[str] | None = None) -> int:
     # The idle row goes last but for the soak: its 10,000 logins take the longest.
     order = [name for name in ("throughput", "latency", "crypto", "log", "scrollback", "storm",
                                "reconnect", "ngircd", "idle", "soak") if name in s.rows]
+    # The cluster rows (bench/clusterbench.py) start their own redis-server and nodes, and
+    # print a table of their own: their baselines are the plain node, not the relay.
+    cluster: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="gapshape-bench-") as tmp:
         workdir = Path(tmp)
         bench = None
@@ -1041,9 +1044,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if bench is not None:
                 bench.close()
+        if "cluster" in s.rows:
+            say("cluster ...")
+            import clusterbench
+
+            cluster = clusterbench.cluster_rows(s.quick)
+            settings["cluster_rows"] = [list(row) for row in cluster]
     elapsed = time.monotonic() - started
     save(complete=True)
     print(table(rows))
+    if cluster:
+        print("\nCluster (bench/clusterbench.py; ratios to one plain node):")
+        import clusterbench
+
+        clusterbench.print_table(cluster)
     print(f"\nmedians; ratio = median of Gapshape / baseline over runs measured back to back; "
           f"{elapsed:.0f} s on {info['cores']} cores, "
           f"{info['cpu']}, Python {info['python']}")
