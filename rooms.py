@@ -372,14 +372,20 @@ class ChatState:
             self._send(member, {"type": "left", "room": room, "room_now": member.room,
                                 "time": now})
 
+    def room_to_post(self, member: Member, text: str, room_name: str | None) -> str:
+        """The room a message goes to, once its text is checked (a cluster node checks
+        before it submits the message to the others). Membership is checked by the caller,
+        under the lock it holds anyway."""
+        clean_text(text, MAX_TEXT_CHARS, "message")
+        if not text.strip():
+            raise RequestError("message is empty")
+        return self._current(member) if room_name is None else normalize_room(room_name)
+
     def post(self, member: Member, text: str, ref: str | None = None,
              room_name: str | None = None) -> int:
         """Send a message to one of the member's rooms (the current one unless named); the
         sender gets it too, as the echo."""
-        clean_text(text, MAX_TEXT_CHARS, "message")
-        if not text.strip():
-            raise RequestError("message is empty")
-        room = self._current(member) if room_name is None else normalize_room(room_name)
+        room = self.room_to_post(member, text, room_name)
         with self.lock:
             if room not in member.rooms:
                 raise RequestError(f"you are not in {room}; join it first")

@@ -58,7 +58,7 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from loadgen import GAPSHAPE, BenchError, LoadGen, Signer  # noqa: E402
+from loadgen import GAPSHAPE, BenchError, LoadGen, Signer, make_key  # noqa: E402
 from protocol import PROTOCOL_VERSION, encode_frame  # noqa: E402
 
 Row = tuple[str, str, str]
@@ -331,23 +331,6 @@ def envelope(sender: str, recipient: str, i: int) -> dict[str, Any]:
 # The runs
 
 
-def make_key() -> tuple[bytes, bytes]:
-    """One RSA-3072 key shared by every bench user: (private PKCS#8 DER, public DER)."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:  # pycryptodome, the project's own dependency (as bench/run.py)
-        from Crypto.PublicKey import RSA
-
-        pkey = RSA.generate(3072)
-        return pkey.export_key("DER", pkcs=8), pkey.public_key().export_key("DER")
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    private = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
 
 
 class ClusterBench:

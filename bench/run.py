@@ -73,6 +73,7 @@ from loadgen import (  # noqa: E402
     BenchError,
     LoadGen,
     Signer,
+    make_key,
     raise_nofile_limit,
 )
 
@@ -405,23 +406,6 @@ class Bench:
         return seconds
 
 
-def make_key() -> tuple[bytes, bytes]:
-    """One RSA-3072 key per benchmark run, shared by every bench username: (private DER
-    PKCS#8, public SubjectPublicKeyInfo DER)."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:
-        from Crypto.PublicKey import RSA
-
-        key = RSA.generate(3072)
-        return key.export_key("DER", pkcs=8), key.public_key().export_key("DER")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    private = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
 
 
 def write_registry(path: Path, names: list[str], public_der: bytes) -> None:

@@ -17,6 +17,7 @@ import presence
 import rooms
 from protocol import encode_body, encode_frame, encode_frame_with, encode_json
 from rooms import ChatState
+from test_abuse import Journal  # the smallest journal: records in memory, no history
 from transport import HeapTrimmer
 
 WAIT = 10.0
@@ -39,24 +40,6 @@ class Inbox:
         return [f for f in self.frames if f["type"] == kind]
 
 
-class Journal:
-    """The smallest journal (as in test_abuse.py): records in memory, no history."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    @property
-    def next_id(self) -> int:
-        return len(self.records) + 1
-
-    def allocate_id(self) -> int:
-        return len(self.records) + 1
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def history(self, room: str) -> list[dict[str, Any]]:
-        return []
 
 
 def crowd(state: ChatState, count: int, prefix: str = "user") -> list[tuple[Any, Inbox]]:

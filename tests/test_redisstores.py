@@ -29,6 +29,7 @@ from keyregistry import (
     Registry,
 )
 from rooms import ChatState
+from test_abuse import Journal
 from userstore import MailboxFull, MailboxLimits, Queued, UserStore, UserStoreError
 
 redis = pytest.importorskip("redis", reason="the redis package (requirements.txt) is not installed")
@@ -664,12 +665,13 @@ class Inbox:
         return [f for f in self.frames if f["type"] == kind]
 
 
-class NodeJournal:
+class NodeJournal(Journal):
     """A node's journal in memory; ids come from one counter for the cluster, as the
-    engine's cluster-wide ids will."""
+    engine's cluster-wide ids do."""
 
     def __init__(self, ids: Iterator[int]) -> None:
-        self.ids, self.last, self.records = ids, 0, []  # type: list[dict[str, Any]]
+        super().__init__()
+        self.ids, self.last = ids, 0
 
     @property
     def next_id(self) -> int:
@@ -678,19 +680,6 @@ class NodeJournal:
     def allocate_id(self) -> int:
         self.last = next(self.ids)
         return self.last
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def history(self, room: str) -> list[dict[str, Any]]:
-        return []
-
-    def history_before(self, room: str, before_id: int | None = None,
-                       limit: int = 100) -> list[dict[str, Any]]:
-        return []
-
-    def rooms(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        return []
 
 
 def test_two_chat_states_share_rooms_mailbox_and_receipts(redis_server):
