@@ -23,7 +23,8 @@ unread counts and mentions, fed by the reader thread (at login, from the server'
 makes it bob, privately; `/query` or `/join` goes back to a room). An `UnreadChanged`
 event says when the counts or the current conversation changed; `RoomJoined.gap` says when
 more was missed than the join history shows. The sending half (pacing, the queue, refs
-awaiting confirmation) is outbox.py; login and TLS are handshake.py.
+awaiting confirmation) is outbox.py; login and TLS are handshake.py; the events made
+from a frame alone are frameevents.py, and conversationfeed.py counts what is shown.
 
 The terminal client lives in terminal.py; `main` here runs it (the `gapshape` command):
 
@@ -51,6 +52,7 @@ import privates
 import privatestore
 import sanitize
 from commands import Command, CommandError, Say, manual_text, parse_line
+from conversationfeed import ConversationFeed
 from conversations import ConversationKey, Conversations, mentions_me, unread_report
 from errors import ProtocolError
 from events import (
@@ -77,6 +79,14 @@ from events import (
     UserList,
     Welcome,
 )
+from frameevents import (
+    PRESENCE_NAMES_KEPT,  # re-exported: the old home of these names
+    presence_batch,
+    receipt_text,
+    status_changed,
+    user_joined,
+    user_left,
+)
 from handshake import LoginError, TlsSettings
 from keytrust import KeyTrust
 from listings import MAX_LISTED_ITEMS, Listings
@@ -85,6 +95,9 @@ from privates import PendingPrivate, largest_private_text, private_frame
 from protocol import MAX_SERVER_FRAME_SIZE, Frame, FrameDecoder
 
 log = logging.getLogger("gapshape.client")
+
+#: Its old name here, which tests still import from `client` (with PRESENCE_NAMES_KEPT).
+_presence_batch = presence_batch
 
 CLIENT_NAME = "gapshape-client/1"
 
@@ -96,7 +109,7 @@ __all__ = [
     "Welcome", "RoomMessage", "RoomJoined", "RoomLeft", "HistoryPage", "UserJoined",
     "UserLeft", "PresenceBatch", "StatusChanged", "MemberList", "RoomList", "UserList", "PrivateMessage",
     "PrivateRejected", "KeyWarning", "Notice", "ErrorEvent", "NotSent", "Disconnected",
-    "UnreadChanged",
+    "UnreadChanged", "PRESENCE_NAMES_KEPT",
 ]
 
 
@@ -113,8 +126,6 @@ def _new_ref() -> str:
 
 
 # -- the client ---------------------------------------------------------------------------
-
-
 
 def _is_id(value: object) -> bool:
     """A message id as the server sends one: an int, never a bool (JSON true is not 1)."""
@@ -179,8 +190,7 @@ class ChatClient:
         self._listings = Listings()  # listings being collected page by page
         # Conversations: unread counts, mentions, the current one (conversations.py).
         self.conversations = Conversations(username)
-        self._last_unread: object = None  # what the last UnreadChanged said
-        self._unread_lock = threading.RLock()
+        self._feed = ConversationFeed(self.conversations, self._emit, lambda: self.username)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -334,7 +344,7 @@ class ChatClient:
             if self.room:
                 self.query(None)
             else:
-                self._conversations_changed()
+                self._feed.changed()
 
     def query(self, target: str | None = None) -> ConversationKey | None:
         """Make a conversation current (/query): a contact ('bob' or '@bob'), so typed
@@ -357,7 +367,7 @@ class ChatClient:
                      f"back to {sanitize.inert(self.room or 'your room')}")
         self._emit(Notice(f"now talking in {key.label}: lines you type go to {where}", "query",
                           "" if key.is_room else key.name))
-        self._conversations_changed()
+        self._feed.changed()
         return key
 
     def leave(self, room: str | None = None) -> None:
@@ -547,7 +557,7 @@ class ChatClient:
             return
         self._remember(out.target, "out", out.text or "", out.frame.get("envelope"))
         fingerprint, verified = self.key_trust.pin_of(out.target)
-        self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
+        self._feed.shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
                                    out.text or "", str(frame["time"]), True, fingerprint,
                                    verified, out.ref))
 
@@ -564,7 +574,7 @@ class ChatClient:
             return
         self._remember(sender, "in", text, frame.get("envelope"))
         readable, verified = self.key_trust.pin_of(sender)
-        self._shown(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
+        self._feed.shown(PrivateMessage(int(frame.get("id", 0)), sender, text, now, False,
                                    readable or identity.readable_fingerprint_from_hex(fingerprint),
                                    verified))
         self._acknowledge(frame)
@@ -640,7 +650,7 @@ class ChatClient:
         if was_current and self.room:  # a query stays current; a room left is replaced
             self.conversations.open(ConversationKey.room(self.room))
         self._emit(RoomLeft(str(frame["room"]), self.room, str(frame["time"])))
-        self._conversations_changed()
+        self._feed.changed()
 
     def _on_history(self, frame: Frame) -> None:
         room = str(frame["room"])
@@ -648,29 +658,7 @@ class ChatClient:
         more = bool(frame.get("more"))
         self._emit(HistoryPage(room, messages, more))
         self.conversations.history_loaded(room, [m.id for m in messages], more)
-        self._conversations_changed()
-
-    def _shown(self, event: RoomMessage | PrivateMessage) -> None:
-        """Emit a message as it arrives, then count it in its conversation."""
-        self._emit(event)
-        if isinstance(event, RoomMessage):
-            key, sender, own = ConversationKey.room(event.room), event.user, event.own
-        else:
-            key, own = ConversationKey.private(event.peer), event.outgoing
-            sender = self.username if own else event.peer
-        self.conversations.note(key, sender=sender, text=event.text, message_id=event.id or None,
-                                own=own, history=False)
-        self._conversations_changed()
-
-    def _conversations_changed(self) -> None:
-        """Emit UnreadChanged if a count, a gap or the current conversation changed."""
-        with self._unread_lock:  # held while emitting, so no older state overtakes a newer
-            summaries = tuple(self.conversations.summaries())
-            current = self.conversations.current
-            state = (current, [(s.key, s.unread, s.mentions, s.gap) for s in summaries])
-            if state != self._last_unread:
-                self._last_unread = state
-                self._emit(UnreadChanged(summaries, current))
+        self._feed.changed()
 
     def _note_oldest(self, room: str, message_id: int) -> None:
         """Remember the oldest message id seen in `room`: where /history goes on from."""
@@ -680,24 +668,9 @@ class ChatClient:
 
     def _on_receipt(self, frame: Frame) -> None:
         """What became of a private message that waited for its offline recipient."""
-        to = sanitize.inert(str(frame.get("to", "")))
-        kind = frame["type"]
-        if kind == "private_queued":
-            out = self._confirmed(frame.get("ref"))
-            if out is not None:
-                self._remember(out.target, "out", out.text or "", out.frame.get("envelope"))
-                fingerprint, verified = self.key_trust.pin_of(out.target)
-                self._shown(PrivateMessage(int(frame["id"]), str(frame.get("to", out.target)),
-                                           out.text or "", str(frame["time"]), True,
-                                           fingerprint, verified, out.ref))
-            text = (f"{to} is offline: your private message waits on the server (sealed) "
-                    "and will be delivered when they log in")
-        elif kind == "private_delivered":
-            text = f"your private message {frame.get('id')} to {to} was delivered"
-        else:
-            text = (f"your private message {frame.get('id')} to {to} was NOT delivered: it "
-                    "waited longer than the server keeps messages")
-        self._emit(Notice(text, "receipt", str(frame.get("to", ""))))
+        if frame["type"] == "private_queued":
+            self._on_private_sent(frame)  # confirmed like one sent: it is recorded and shown
+        self._emit(Notice(receipt_text(frame), "receipt", str(frame.get("to", ""))))
 
     def _room_message(self, frame: dict[str, Any], history: bool) -> RoomMessage:
         self._note_oldest(str(frame["room"]), int(frame["id"]))
@@ -725,7 +698,7 @@ class ChatClient:
         self._emit(RoomJoined(room, members, history, str(frame["time"]),
                               listings.count(frame.get("member_count"), len(members)),
                               frame.get("members_next") is None, gap, last_seen))
-        self._conversations_changed()
+        self._feed.changed()
 
     def _on_listing(self, frame: Frame) -> None:
         """members/rooms/users: one page; collected into one event if fetch_all asked."""
@@ -758,29 +731,13 @@ class ChatClient:
             self._emit(ErrorEvent(code, message, request))
 
 
-#: Names of a presence batch the client keeps: the server sends at most 10 of each kind, and
-#: a hostile one cannot make a batch cost more than this.
-PRESENCE_NAMES_KEPT = 50
-
-
-def _presence_batch(frame: Frame) -> PresenceBatch:
-    joined = tuple(str(name) for name in frame.get("joined", [])[:PRESENCE_NAMES_KEPT])
-    left = tuple((str(item["user"]), str(item.get("reason", "")))
-                 for item in frame.get("left", [])[:PRESENCE_NAMES_KEPT])
-    return PresenceBatch(str(frame["room"]), listings.count(frame.get("member_count"), 0),
-                         joined, listings.count(frame.get("joined_count"), len(joined)),
-                         left, listings.count(frame.get("left_count"), len(left)),
-                         str(frame["time"]))
-
-
 _FRAME_HANDLERS: dict[str, Callable[[ChatClient, Frame], str | None]] = {
-    "message": lambda c, f: c._shown(c._room_message(f, False)),
+    "message": lambda c, f: c._feed.shown(c._room_message(f, False)),
     "joined": ChatClient._on_joined,
-    "user_joined": lambda c, f: c._emit(UserJoined(f["room"], f["user"], f["status"],
-                                                   f.get("note", ""), f["time"])),
-    "user_left": lambda c, f: c._emit(UserLeft(f["room"], f["user"], f.get("reason", ""), f["time"])),
-    "presence": lambda c, f: c._emit(_presence_batch(f)),
-    "status": lambda c, f: c._emit(StatusChanged(f["user"], f["status"], f.get("note", ""), f["time"])),
+    "user_joined": lambda c, f: c._emit(user_joined(f)),
+    "user_left": lambda c, f: c._emit(user_left(f)),
+    "presence": lambda c, f: c._emit(presence_batch(f)),
+    "status": lambda c, f: c._emit(status_changed(f)),
     "members": ChatClient._on_listing,
     "rooms": ChatClient._on_listing,
     "users": ChatClient._on_listing,

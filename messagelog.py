@@ -1,30 +1,17 @@
 """The server's durable message log, and the room history it rebuilds after a restart.
 
+This module is the writer: queueing, writing, the background thread, opening and
+recovery, the room history in memory and reading history back. The line format
+(JSON Lines, one record a line, and the scanner) is in `logformat`, the checkpoint file
+in `logcheckpoint`, the SQLite index in `logindex`; the names other modules use
+(`timestamp`, `encode_record`, `decode_line`) are importable from here too.
+
 File format
 -----------
-`messageslog.json` is JSON Lines: one JSON object per line, UTF-8, compact separators,
-non-ASCII written as itself (`ensure_ascii=False`), each line ended by a single b"\\n".
-JSON escapes every control character, so a record never contains a raw newline and the
-file can be split on b"\\n" without parsing. Every record has "event" and "time" (UTC,
-ISO 8601 with milliseconds and "Z", see `timestamp`):
-
-    {"event":"message","time":"2024-05-01T12:00:00.123Z","id":7,"room":"lobby","user":"ann",
-     "text":"hi"}                                       (all on one line in the file)
-    {"event":"private","time":"...","id":8,"from":"ann","to":"bob","size":412}   (metadata only)
-    {"event":"connect","time":"...","user":"ann","address":"10.0.0.5:51234"}
-    {"event":"disconnect","time":"...","user":"ann","reason":"quit"}
-    {"event":"join" | "leave","time":"...","user":"ann","room":"lobby"}
-    {"event":"status","time":"...","user":"ann","status":"away","note":"lunch"}
-
-"message" and "private" share one id sequence; `MessageLog.next_id` is 1 + the largest
-id in the file. A string holding a lone surrogate cannot be UTF-8, so such a record is
-written with `ensure_ascii=True` instead; both decode to the same record.
-
-Why JSON Lines and not one JSON array: appending a record is one write at the end of the
-file, whatever its size, while an array must be rewritten, or the closing bracket sought
-and overwritten, to stay valid. A crash can damage only the last line, and each line is
-checked on its own, so the damage is found and cut off without touching the rest; `jq`
-and any JSON-lines reader can read the file as it is.
+`messageslog.json` is JSON Lines, one JSON object per line, each with "event" and "time";
+"message" and "private" records share one id sequence, and `MessageLog.next_id` is 1 +
+the largest id in the file. The record kinds, the encoding and why JSON Lines: see
+`logformat`'s docstring.
 
 Durability
 ----------
@@ -41,31 +28,13 @@ is skipped with a warning and left in place.
 
 Checkpoint
 ----------
-So that a start does not parse a million lines, `<path>.checkpoint` records the state as
-of a byte offset in the log, written atomically (temporary file, then `os.replace`) every
-`checkpoint_every` records, at open when the log had lines past it, and at close:
-
-    {"format": "gapshape-messagelog-checkpoint", "version": 2,
-     "offset": <bytes of the log it covers; the log's size when it was written>,
-     "next_id": <1 + largest id in log[:offset]>,
-     "head_sha256": <hex SHA-256 of log[:min(4096, offset)]>,
-     "tail_sha256": <hex SHA-256 of log[max(0, offset - 4096):offset]>,
-     "written_at": <timestamp, for people>}
-
-Version 1 also held every room's last messages ("history_size", "history"); a version 1
-checkpoint is still read (its history is ignored, the index has it). At open the
-checkpoint is used only if it parses, has a known version, and the log is at least
-`offset` bytes long with the same first and last 4 KiB before the offset; then only the
-lines after the offset are parsed for the next id (after `kill -9` those are the records
-since the last checkpoint). Otherwise, a replaced or truncated log for instance, the whole
-file is scanned, and a new checkpoint written. Edits before the offset that keep both
-windows intact are not noticed: delete the checkpoint (and the index) to force a full scan.
-
-Checkpoints during operation never hold up `append` or `write_pending`: the writer only
-notes (offset, next_id) under its lock, and the background thread computes the
-fingerprints and writes the file. `on_checkpoint_write`, a constructor argument, is called
-by that thread with the offset right before each such write (tests hold a write in
-progress with it).
+So that a start does not parse a million lines, `<path>.checkpoint` records the next id
+as of a byte offset in the log, with fingerprints of the log before it; it is written
+(atomically) every `checkpoint_every` records by the background thread, at open when the
+log had lines past it, and at close, and used at open only if it matches the log. Its
+format and the checks: `logcheckpoint`'s docstring. `on_checkpoint_write`, a constructor
+argument, is called by the background thread with the offset right before each write
+during operation (tests hold a write in progress with it).
 
 Index
 -----
@@ -93,33 +62,41 @@ fails too, the index is rebuilt. The log stays the only source of truth.
 
 Memory
 ------
-The latest `history_size` messages of recently used rooms are kept in memory, as their
-encoded lines, within `history_budget` bytes (default 16 MiB): a room costs
-`ROOM_OVERHEAD` + `sys.getsizeof(room)` and each of its lines `sys.getsizeof(line)` +
-`LINE_OVERHEAD` (the list slots and the id), so `history_memory_bytes()` counts what the
-objects really take (the test suite checks that with tracemalloc). Past the budget, whole
-rooms are dropped, least recently used (appended to or read) first; `history(room)` of a
-dropped room reads it back through the index. A room whose latest line is not written yet
-is never dropped (its lines exist nowhere else), so the budget can be exceeded by the lines
-appended since the last `write_pending` - the server writes before every send.
+The latest `history_size` messages of recently used rooms are kept in memory within
+`history_budget` bytes (default 16 MiB), least recently used rooms dropped first; how
+they are counted and when a room may go: `loghistory`'s docstring.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TypeGuard, cast
+from typing import BinaryIO, Callable, cast
 
-from fileutil import write_atomically
+from logcheckpoint import (
+    ANCHOR_SIZE,
+    Checkpoint,
+    Snapshot,
+    load_checkpoint,
+    log_fingerprints,
+    write_checkpoint,
+)
+from logformat import (
+    ID_EVENTS,
+    Record,
+    Scan,
+    decode_line,
+    encode_record,
+    is_id,
+    is_message_of,
+    scan_lines,
+    timestamp,
+)
+from loghistory import HISTORY_BUDGET, RoomHistories
 from logindex import IndexEntry, MessageIndex
 
 __all__ = [
@@ -129,17 +106,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Record = dict[str, Any]
 
-ID_EVENTS = frozenset({"message", "private"})
-CHECKPOINT_FORMAT = "gapshape-messagelog-checkpoint"
-CHECKPOINT_VERSION = 2
-READABLE_CHECKPOINT_VERSIONS = frozenset({1, 2})
-ANCHOR_SIZE = 4096  # bytes hashed at the start of the log and right before the offset
-
-HISTORY_BUDGET = 16 * 2**20  # bytes of room history kept in memory, by default
-ROOM_OVERHEAD = 1024  # bytes a room in memory costs besides its lines and its name
-LINE_OVERHEAD = 80  # bytes a line costs besides sys.getsizeof(line): two list slots, its id
 MAX_PAGE = 100  # the most records one history_before call returns
 INDEX_BATCH = 10_000  # written lines that wake the background thread to index them
 INDEX_DELAY = 0.5  # seconds a written line waits at most before it is indexed
@@ -148,54 +115,6 @@ SCAN_CHUNK = 10_000  # index rows inserted at a time while catching up at open
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-
-
-def timestamp(moment: datetime | None = None) -> str:
-    """`moment` (default: now) as UTC ISO 8601 with milliseconds and Z, as records carry it."""
-    moment = datetime.now(timezone.utc) if moment is None else moment.astimezone(timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def encode_record(record: Record) -> bytes:
-    """One log line (with its newline) for `record`; TypeError/ValueError if it is not one."""
-    _check_record(record)
-    try:
-        text = _ENCODER.encode(record)
-        return text.encode("utf-8") + b"\n"
-    except UnicodeEncodeError:  # a lone surrogate: valid JSON only when escaped
-        return _ASCII_ENCODER.encode(record).encode("ascii") + b"\n"
-
-
-def decode_line(line: bytes) -> Record | None:
-    """The record on a log line, or None when the line is not a JSON object."""
-    try:
-        record = json.loads(line.decode("utf-8"))  # json.loads(bytes) sniffs the encoding: slower
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _check_record(record: Record) -> None:
-    if not isinstance(record, dict):
-        raise TypeError(f"a log record is a dict, not {type(record).__name__}")
-    event = record.get("event")
-    if not isinstance(event, str) or not isinstance(record.get("time"), str):
-        raise ValueError("a log record needs string 'event' and 'time' fields")
-    if event in ID_EVENTS and not _is_id(record.get("id")):
-        raise ValueError(f"a {event!r} record needs an integer 'id'")
-    if event == "message" and not isinstance(record.get("room"), str):
-        raise ValueError("a 'message' record needs a string 'room'")
-
-
-def _is_id(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_message_of(record: Record | None, room: str, record_id: int) -> bool:
-    return (record is not None and record.get("event") == "message"
-            and record.get("room") == room and record.get("id") == record_id)
 
 
 @dataclass(frozen=True)
@@ -215,123 +134,11 @@ class Recovery:
     index_lines: int = 0  # lines read to catch the index up (those before start_offset too)
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """What a checkpoint stores: the log's size after a write, and the next id then."""
-
-    offset: int
-    next_id: int
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    offset: int
-    next_id: int
-    head_sha256: str
-    tail_sha256: str
-
-    def to_bytes(self) -> bytes:
-        document = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "offset": self.offset,
-            "next_id": self.next_id,
-            "head_sha256": self.head_sha256,
-            "tail_sha256": self.tail_sha256,
-            "written_at": timestamp(),
-        }
-        return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> _Checkpoint:
-        """Parse and validate a checkpoint document; ValueError says what is wrong."""
-        document = json.loads(data)
-        if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a message log checkpoint")
-        if document.get("version") not in READABLE_CHECKPOINT_VERSIONS:
-            raise ValueError(f"unknown checkpoint version {document.get('version')!r}")
-        offset, next_id = document.get("offset"), document.get("next_id")
-        if not (_is_id(offset) and _is_id(next_id)):
-            raise ValueError("offset and next_id must be integers")
-        head, tail = document.get("head_sha256"), document.get("tail_sha256")
-        if not (isinstance(head, str) and isinstance(tail, str)):
-            raise ValueError("missing log fingerprints")
-        return cls(offset, next_id, head, tail)
-
-
-@dataclass(frozen=True)
-class _Scan:
-    good_end: int  # offset just past the last good line
-    end: int  # offset where reading stopped: the end of the file (or `stop`)
-    lines: int
-    skipped: list[int]  # offsets of bad lines that have good lines after them
-
-
-LineHandler = Callable[[Record, int, int], None]  # record, offset of its line, line length
-
-
-def _scan(reader: BinaryIO, start: int, on_record: LineHandler, stop: int | None = None) -> _Scan:
-    """Parse the lines from `start` to the end (or `stop`), feeding good records on."""
-    reader.seek(start)
-    pos = good_end = start
-    lines = 0
-    skipped: list[int] = []
-    bad_since_good: list[int] = []
-    for line in reader:
-        line_start, pos = pos, pos + len(line)
-        if not line.endswith(b"\n"):
-            break  # only the last line can lack its newline: a torn write
-        record = decode_line(line)
-        if record is None:
-            bad_since_good.append(line_start)
-        else:
-            skipped += bad_since_good
-            bad_since_good.clear()
-            on_record(record, line_start, len(line))
-            lines += 1
-            good_end = pos
-        if stop is not None and pos >= stop:
-            skipped += bad_since_good
-            good_end = pos
-            break
-    return _Scan(good_end, pos, lines, skipped)
-
-
-def _fingerprints(fd: int, offset: int) -> tuple[str, str]:
-    """SHA-256 of the first and of the last ANCHOR_SIZE bytes of log[:offset]."""
-    head = os.pread(fd, min(ANCHOR_SIZE, offset), 0)
-    tail_start = max(0, offset - ANCHOR_SIZE)
-    tail = os.pread(fd, offset - tail_start, tail_start)
-    return hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest()
-
-
 def _write_all(fd: int, data: bytes) -> None:
     """One os.write; more only if the kernel took part of it (disk nearly full, signals)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-class _Room:
-    """A room's latest lines in memory (oldest first) and their ids."""
-
-    __slots__ = ("lines", "ids", "size", "last_seq", "complete")
-
-    def __init__(self, name: str) -> None:
-        self.lines: list[bytes] = []
-        self.ids: list[int] = []
-        self.size = ROOM_OVERHEAD + sys.getsizeof(name)  # bytes accounted to the budget
-        self.last_seq = 0  # _appended when its latest line was appended
-        # True once `lines` are the room's latest history_size messages (or all it has);
-        # a room created by an append after it was dropped holds only the newest ones.
-        self.complete = False
-
-
-_BYTES_HEADER = sys.getsizeof(b"")  # sys.getsizeof(line) == _BYTES_HEADER + len(line)
-
-
-def _line_cost(line: bytes) -> int:
-    return _BYTES_HEADER + len(line) + LINE_OVERHEAD
 
 
 class MessageLog:
@@ -380,7 +187,6 @@ class MessageLog:
         self.torn_path = self.path.with_name(self.path.name + ".torn")
         self._history_size = history_size
         self._checkpoint_every = checkpoint_every
-        self._budget = history_budget
         self._index_batch = index_batch
         self._index_delay = index_delay
         self._on_checkpoint_write = on_checkpoint_write
@@ -388,8 +194,7 @@ class MessageLog:
         self._flush_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._background = threading.Condition(threading.Lock())
-        self._history: OrderedDict[str, _Room] = OrderedDict()  # least recently used first
-        self._history_bytes = 0
+        self._history = RoomHistories(history_size, history_budget)  # (_state_lock)
         self._next_id = 1  # what allocate_id hands out next
         self._logged_next_id = 1  # 1 + the largest id appended: what a checkpoint stores
         self._pending: list[bytes] = []
@@ -401,7 +206,7 @@ class MessageLog:
         self._offset = 0  # size of the log: where the next write lands (_write_lock)
         self._since_checkpoint = 0  # lines written since the last checkpoint (_write_lock)
         self._closed = False
-        self._checkpoint_request: _Snapshot | None = None  # (_background)
+        self._checkpoint_request: Snapshot | None = None  # (_background)
         self._stopping = False  # (_background)
         self._idle_requested = 0  # wait_idle calls so far, and the last one served (_background)
         self._idle_served = 0
@@ -429,15 +234,15 @@ class MessageLog:
     @property
     def history_budget(self) -> int:
         """The bytes of room history this log keeps in memory at most (see the docstring)."""
-        return self._budget
+        return self._history.budget
 
     def history_memory_bytes(self) -> int:
         """Bytes of room history in memory now, as accounted against `history_budget`."""
-        return self._history_bytes
+        return self._history.bytes
 
     def resident_rooms(self) -> int:
         """How many rooms have their history in memory now."""
-        return len(self._history)
+        return len(self._history.rooms)
 
     def allocate_id(self) -> int:
         """A new message/private id, never handed out before (even across restarts)."""
@@ -470,7 +275,7 @@ class MessageLog:
                 if following > self._next_id:
                     self._next_id = following
             if key is not None:
-                self._remember(key[0], key[1], line)
+                self._history.remember(key[0], key[1], line, self._appended, self._written)
 
     def history(self, room: str) -> list[Record]:
         """Copies of the latest message records of `room`, oldest first.
@@ -482,9 +287,9 @@ class MessageLog:
         """
         while True:
             with self._state_lock:
-                room_state = self._history.get(room)
+                room_state = self._history.rooms.get(room)
                 if room_state is not None:
-                    self._history.move_to_end(room)
+                    self._history.rooms.move_to_end(room)
                     if room_state.complete or len(room_state.lines) >= self._history_size:
                         lines = list(room_state.lines)
                         break
@@ -497,8 +302,8 @@ class MessageLog:
                 logger.exception("cannot read the history of a room back from %s", self.path)
                 return _decoded(known)
             with self._state_lock:
-                if self._history.get(room) is room_state:  # else it changed meanwhile: again
-                    lines = self._fill(room, room_state, older)
+                if self._history.rooms.get(room) is room_state:  # else it changed: again
+                    lines = self._history.fill(room, room_state, older, self._written)
                     break
         return _decoded(lines)
 
@@ -512,7 +317,7 @@ class MessageLog:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"a page holds 1 to {MAX_PAGE} messages, not {limit!r}")
-        if before_id is not None and not _is_id(before_id):
+        if before_id is not None and not is_id(before_id):
             raise ValueError(f"before_id must be a message id, not {before_id!r}")
         self.write_pending()
         with self._state_lock:
@@ -526,7 +331,7 @@ class MessageLog:
         """The rooms that have at least one message, sorted; only those sorting after
         `after`, and at most `limit` of them, if given (a page for a long list)."""
         with self._state_lock:
-            recent = {name for name, room in self._history.items() if room.lines}
+            recent = {name for name, room in self._history.rooms.items() if room.lines}
             recent.update(entry[0] for entry in self._unindexed)
         if after is not None:
             recent = {name for name in recent if name > after}
@@ -593,7 +398,7 @@ class MessageLog:
                 self._flush(target, checkpoint=False)
                 os.fsync(self._fd)
                 self._index_waiting()
-                self._write_checkpoint(_Snapshot(self._offset, self._logged_next_id), durable=True)
+                self._write_checkpoint(Snapshot(self._offset, self._logged_next_id), durable=True)
             finally:
                 self._close_files()
 
@@ -616,7 +421,7 @@ class MessageLog:
         self._since_checkpoint += len(batch)
         if checkpoint and self._since_checkpoint >= self._checkpoint_every:
             self._since_checkpoint = 0
-            self._ask_background(checkpoint=_Snapshot(self._offset, next_id))
+            self._ask_background(checkpoint=Snapshot(self._offset, next_id))
         waiting = len(self._unindexed)
         if waiting >= MAX_UNINDEXED:
             self._index_waiting_or_drop()
@@ -645,8 +450,8 @@ class MessageLog:
             self._written += len(batch)
             self._written_offset = offset
             self._unindexed += entries
-            if self._history_bytes > self._budget:
-                self._evict()  # rooms that waited for their lines to be written may go now
+            if self._history.bytes > self._history.budget:
+                self._history.evict(self._written)  # rooms that waited for their lines may go
         if first_waiting:
             self._ask_background()  # starts the index_delay clock
 
@@ -675,7 +480,7 @@ class MessageLog:
                          "start; scrollback and history of evicted rooms miss them", self.path,
                          dropped)
 
-    def _ask_background(self, *, checkpoint: _Snapshot | None = None) -> None:
+    def _ask_background(self, *, checkpoint: Snapshot | None = None) -> None:
         with self._background:
             if checkpoint is not None:
                 self._checkpoint_request = checkpoint
@@ -738,21 +543,19 @@ class MessageLog:
                 return
             try:
                 index.add(entries)
-                index.commit(covered, *_fingerprints(self._read_fd, covered))
+                index.commit(covered, *log_fingerprints(self._read_fd, covered))
             except BaseException:
                 index.rollback()
                 raise
             with self._state_lock:
                 del self._unindexed[:len(entries)]  # entries only ever join at the end
 
-    def _write_checkpoint(self, snapshot: _Snapshot, *, durable: bool) -> None:
+    def _write_checkpoint(self, snapshot: Snapshot, *, durable: bool) -> None:
         """Write a checkpoint for log[:snapshot.offset]; a failure is logged, never raised."""
         try:
             if self._on_checkpoint_write is not None:
                 self._on_checkpoint_write(snapshot.offset)
-            head, tail = _fingerprints(self._read_fd, snapshot.offset)
-            checkpoint = _Checkpoint(snapshot.offset, snapshot.next_id, head, tail)
-            write_atomically(self.checkpoint_path, checkpoint.to_bytes(), durable=durable)
+            write_checkpoint(self.checkpoint_path, self._read_fd, snapshot, durable=durable)
         except Exception:
             logger.exception("cannot write %s; the next start scans more", self.checkpoint_path)
             return
@@ -768,65 +571,6 @@ class MessageLog:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._read_fd = -1
-
-    # -- history in memory (caller holds _state_lock) ----------------------------------
-
-    def _remember(self, name: str, record_id: int, line: bytes) -> None:
-        room = self._history.get(name)
-        if room is None:
-            room = self._history[name] = _Room(name)
-            self._history_bytes += room.size
-        else:
-            self._history.move_to_end(name)
-        added = _BYTES_HEADER + len(line) + LINE_OVERHEAD  # _line_cost, inlined: hot path
-        room.lines.append(line)
-        room.ids.append(record_id)
-        if len(room.lines) > self._history_size:
-            added -= _BYTES_HEADER + len(room.lines.pop(0)) + LINE_OVERHEAD
-            room.ids.pop(0)
-            room.complete = True
-        room.size += added
-        room.last_seq = self._appended
-        self._history_bytes += added
-        if self._history_bytes > self._budget:
-            self._evict()
-
-    def _fill(self, name: str, room: _Room | None, older: list[tuple[bytes, Record]]) -> list[bytes]:
-        """Put the lines read back from disk in front of what memory has; the room's lines."""
-        if room is not None and (room.complete or len(room.lines) >= self._history_size):
-            return list(room.lines)  # appends completed it while we read
-        if room is None:
-            if not older:
-                return []  # no messages at all: nothing to keep
-            room = self._history[name] = _Room(name)
-            self._history_bytes += room.size
-        missing = older[max(0, len(older) - (self._history_size - len(room.lines))):]
-        added = sum(_line_cost(line) for line, _ in missing)
-        room.lines[:0] = [line for line, _ in missing]
-        room.ids[:0] = [record["id"] for _, record in missing]
-        room.complete = True
-        room.size += added
-        self._history_bytes += added
-        lines = list(room.lines)
-        if self._history_bytes > self._budget:
-            self._evict()
-        return lines
-
-    def _evict(self) -> None:
-        """Drop whole rooms, least recently used first, until the budget holds again.
-
-        Rooms with lines not written yet stay: nothing else has those lines.
-        """
-        excess = self._history_bytes - self._budget
-        victims = []
-        for name, room in self._history.items():
-            if excess <= 0:
-                break
-            if room.last_seq <= self._written:
-                victims.append(name)
-                excess -= room.size
-        for name in victims:
-            self._history_bytes -= self._history.pop(name).size
 
     def _unindexed_of(self, room: str, before: int | None) -> list[tuple[int, int, int]]:
         return [(record_id, offset, length) for name, record_id, offset, length in self._unindexed
@@ -853,7 +597,7 @@ class MessageLog:
         for record_id, offset, length in reversed(chosen):
             line = os.pread(self._read_fd, length, offset)
             record = decode_line(line) if line.endswith(b"\n") else None
-            if not _is_message_of(record, room, record_id):
+            if not is_message_of(record, room, record_id):
                 logger.warning("%s: the index points at byte %d for message %d, which the "
                                "log does not hold there; delete %s to rebuild it", self.path,
                                offset, record_id, self.index_path)
@@ -875,22 +619,22 @@ class MessageLog:
         with open(self.path, "rb") as reader:
             skipped: list[int] = []
             if index_start < start:  # the index is behind the checkpoint: index those first
-                early = _scan(reader, index_start, catch_up.on_record, stop=start)
+                early = scan_lines(reader, index_start, catch_up.on_record, stop=start)
                 skipped += early.skipped
-            scan = _scan(reader, start, lambda *line: self._replay(catch_up, *line))
+            scan = scan_lines(reader, start, lambda *line: self._replay(catch_up, *line))
             skipped += scan.skipped
             if scan.good_end < scan.end:
                 self._cut_torn_tail(reader, scan)
         self._offset = self._written_offset = scan.good_end
         cut = scan.good_end < scan.end or index_problem is not None and index_used
-        catch_up.finish(scan.good_end, _fingerprints(self._read_fd, scan.good_end), cut)
+        catch_up.finish(scan.good_end, log_fingerprints(self._read_fd, scan.good_end), cut)
         if skipped:
             logger.warning(
                 "%s: skipped %d bad line(s) in the middle of the log, first at byte %d",
                 self.path, len(skipped), min(skipped),
             )
         if self._offset != start:  # the next start need not rescan
-            self._write_checkpoint(_Snapshot(self._offset, self._logged_next_id), durable=False)
+            self._write_checkpoint(Snapshot(self._offset, self._logged_next_id), durable=False)
         recovery = Recovery(
             checkpoint is not None, problem, start, scan.lines, len(scan.skipped),
             scan.end - scan.good_end, time.perf_counter() - started,
@@ -905,7 +649,7 @@ class MessageLog:
 
     def _replay(self, catch_up: _CatchUp, record: Record, offset: int, length: int) -> None:
         """A line past the checkpoint: its id counts, and the index may need it."""
-        if record.get("event") in ID_EVENTS and _is_id(record.get("id")):
+        if record.get("event") in ID_EVENTS and is_id(record.get("id")):
             following = record["id"] + 1
             self._logged_next_id = max(self._logged_next_id, following)
             self._next_id = max(self._next_id, following)
@@ -921,7 +665,7 @@ class MessageLog:
             return 0, problem, False
         index = self._index
         if index.covered <= size:
-            if _fingerprints(self._read_fd, index.covered) == (index.head_sha256, index.tail_sha256):
+            if log_fingerprints(self._read_fd, index.covered) == (index.head_sha256, index.tail_sha256):
                 return index.covered, None, True
             return self._rebuild_index("the log does not match it (replaced or rewritten)")
         return self._cut_index_back(size)
@@ -935,7 +679,7 @@ class MessageLog:
         if last is not None and last[2] + last[3] > size:  # its line was cut in half
             last = index.drop_from(last[2])
         head_ok = size < ANCHOR_SIZE or covered < ANCHOR_SIZE or (
-            _fingerprints(self._read_fd, ANCHOR_SIZE)[0] == index.head_sha256)
+            log_fingerprints(self._read_fd, ANCHOR_SIZE)[0] == index.head_sha256)
         if last is None or not head_ok or not self._entry_in_log(last):
             index.rollback()
             return self._rebuild_index(f"the log has {size} bytes, the index covers {covered}")
@@ -948,7 +692,7 @@ class MessageLog:
     def _entry_in_log(self, entry: IndexEntry) -> bool:
         room, record_id, offset, length = entry
         line = os.pread(self._read_fd, length, offset)
-        return line.endswith(b"\n") and _is_message_of(decode_line(line), room, record_id)
+        return line.endswith(b"\n") and is_message_of(decode_line(line), room, record_id)
 
     def _rebuild_index(self, problem: str) -> tuple[int, str, bool]:
         logger.warning("%s: rebuilding it from the whole log: %s", self.index_path, problem)
@@ -956,32 +700,15 @@ class MessageLog:
         self._index.clear()
         return 0, problem, False
 
-    def _load_checkpoint(self) -> tuple[_Checkpoint | None, str | None]:
+    def _load_checkpoint(self) -> tuple[Checkpoint | None, str | None]:
         """The checkpoint if it is valid and matches the log, else None and the reason."""
-        try:
-            data = self.checkpoint_path.read_bytes()
-        except FileNotFoundError:
-            return None, "no checkpoint"
-        except OSError as error:
-            return self._reject_checkpoint(f"unreadable: {error}")
-        try:
-            checkpoint = _Checkpoint.from_bytes(data)
-        except (ValueError, TypeError) as error:  # includes JSON and UTF-8 decoding errors
-            return self._reject_checkpoint(f"invalid: {error}")
-        size = os.fstat(self._read_fd).st_size
-        if size < checkpoint.offset:
-            problem = f"the log has {size} bytes, the checkpoint covers {checkpoint.offset}"
-            return self._reject_checkpoint(problem)
-        expected = (checkpoint.head_sha256, checkpoint.tail_sha256)
-        if _fingerprints(self._read_fd, checkpoint.offset) != expected:
-            return self._reject_checkpoint("the log does not match it (replaced or rewritten)")
-        return checkpoint, None
+        checkpoint, problem = load_checkpoint(self.checkpoint_path, self._read_fd)
+        if checkpoint is None and problem != "no checkpoint":
+            logger.warning("%s not used, scanning the whole log: %s", self.checkpoint_path,
+                           problem)
+        return checkpoint, problem
 
-    def _reject_checkpoint(self, problem: str) -> tuple[None, str]:
-        logger.warning("%s not used, scanning the whole log: %s", self.checkpoint_path, problem)
-        return None, problem
-
-    def _cut_torn_tail(self, reader: BinaryIO, scan: _Scan) -> None:
+    def _cut_torn_tail(self, reader: BinaryIO, scan: Scan) -> None:
         """Save log[good_end:] to <path>.torn, then truncate the log to good_end."""
         reader.seek(scan.good_end)
         torn = reader.read(scan.end - scan.good_end)
@@ -1010,7 +737,7 @@ class _CatchUp:
             return
         self.lines += 1
         room, record_id = record.get("room"), record.get("id")
-        if record.get("event") == "message" and isinstance(room, str) and _is_id(record_id):
+        if record.get("event") == "message" and isinstance(room, str) and is_id(record_id):
             self._rows.append((room, record_id, offset, length))
             if len(self._rows) >= SCAN_CHUNK:
                 self._insert()
