@@ -125,7 +125,7 @@ class RedisLink:
             self._join(logged_next_id, announce=True)
             self._load_presence()
         except redis.RedisError as exc:
-            raise ClusterStartError(f"cannot use Redis at {self.url}: {exc}") from None
+            raise ClusterStartError(f"cannot use Redis at {self.url}: {_sentence(exc)}") from None
         self.available = True
         for name, target in (("gapshape-cluster-read", self._read_loop),
                              ("gapshape-cluster-beat", self._beat_loop)):
@@ -444,9 +444,13 @@ def open_shared_stores(config: Any, limits: MailboxLimits) -> tuple[Any, ...]:
             adopted = registry.import_file(config.registry)
             log.info("adopted %d registrations of %s into Redis", adopted, config.registry)
     except (redis.RedisError, ClusterUnavailable) as exc:
-        raise ClusterStartError(f"cannot use Redis at {config.redis_url}: {exc}") from None
+        raise ClusterStartError(f"cannot use Redis at {config.redis_url}: {_sentence(exc)}") from None
     registrations = redisflood.RedisRegistrationQuota(
         client, config.registrations_per_address, config.registrations_per_day)
+    try:  # O(names), but only when Redis lost the 24 h window (a restart without its data)
+        registrations.seed_from(registry)
+    except ClusterUnavailable as exc:
+        raise ClusterStartError(f"cannot use Redis at {config.redis_url}: {_sentence(exc)}") from None
     flood = redisflood.RedisFloodLedger(client, config.rate, config.burst,
                                         kick_after=config.flood_kick_after)
     return registry, registrations, flood, redisstores.RedisMemberStore(client, limits)
@@ -456,3 +460,8 @@ def _is_request_error(exc: Exception) -> bool:
     from errors import GapshapeError
 
     return isinstance(exc, GapshapeError)
+
+
+def _sentence(exc: Exception) -> str:
+    """Redis's own words, without the full stop that would end the operator's sentence early."""
+    return str(exc).rstrip(". ")

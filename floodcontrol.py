@@ -150,31 +150,46 @@ class RegistrationQuota:
     def refusal(self, ip: str) -> str | None:
         """Why a registration from `ip` may not happen now, or None if it may."""
         with self._lock:
-            now = self.clock()
-            _expire(self._all, now)
-            if 0 < self.per_day <= len(self._all):
-                return (f"this server has registered {len(self._all)} new usernames in the "
-                        "last 24 hours, its limit; try again later")
-            window = self._by_address.get(ip)
-            if window is not None:
-                _expire(window, now)
-                if 0 < self.per_address <= len(window):
-                    return (f"{len(window)} usernames were registered from your address in "
-                            "the last 24 hours, the limit; try again later")
-            return None
+            return self._refusal(ip)
 
     def record(self, ip: str) -> None:
         with self._lock:
-            now = self.clock()
-            self._all.append(now)
-            window = self._by_address.get(ip)
-            if window is None:
-                window = self._by_address[ip] = collections.deque()
-                while len(self._by_address) > self.max_addresses:
-                    self._by_address.popitem(last=False)
-            else:
-                self._by_address.move_to_end(ip)
-            window.append(now)
+            self._record(ip)
+
+    def claim(self, ip: str) -> str | None:
+        """Record a registration from `ip` if the limits allow it, in one step (two logins
+        cannot both take the last place); else say why not, recording nothing."""
+        with self._lock:
+            refusal = self._refusal(ip)
+            if refusal is None:
+                self._record(ip)
+            return refusal
+
+    def _refusal(self, ip: str) -> str | None:
+        now = self.clock()
+        _expire(self._all, now)
+        if 0 < self.per_day <= len(self._all):
+            return (f"this server has registered {len(self._all)} new usernames in the "
+                    "last 24 hours, its limit; try again later")
+        window = self._by_address.get(ip)
+        if window is not None:
+            _expire(window, now)
+            if 0 < self.per_address <= len(window):
+                return (f"{len(window)} usernames were registered from your address in "
+                        "the last 24 hours, the limit; try again later")
+        return None
+
+    def _record(self, ip: str) -> None:
+        now = self.clock()
+        self._all.append(now)
+        window = self._by_address.get(ip)
+        if window is None:
+            window = self._by_address[ip] = collections.deque()
+            while len(self._by_address) > self.max_addresses:
+                self._by_address.popitem(last=False)
+        else:
+            self._by_address.move_to_end(ip)
+        window.append(now)
 
 
 def _expire(window: collections.deque[float], now: float) -> None:

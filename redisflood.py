@@ -231,9 +231,8 @@ return n
 class RedisRegistrationQuota(RegistrationQuota):
     """RegistrationQuota shared by the cluster: the same limits and words, counted in Redis.
 
-    `refusal` then `record` (what the session calls) can let two nodes both pass the last
-    place (by one per node at most); `claim` checks and records in one step for a caller
-    that wants the limit exact."""
+    `claim` (what the session calls) checks and records in one step, so two nodes cannot
+    both take the last place; `refusal` then `record` could (by one per node at most)."""
 
     def __init__(self, client: redis.Redis | str, per_address: int = 20, per_day: int = 1000,
                  *, clock: Callable[[], float] = time.time, prefix: str = PREFIX) -> None:

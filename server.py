@@ -120,12 +120,12 @@ class ChatServer:
             self.flood = FloodLedger(config.rate, config.burst,
                                      kick_after=config.flood_kick_after)
             self.users: Any = UserStore(config.user_store, limits)
+            self.registrations.seed(self.registry.registration_times())
         else:  # a cluster node: what must hold cluster-wide lives in Redis (redisstores.py)
             from clusterlink import open_shared_stores
 
             self.registry, self.registrations, self.flood, self.users = open_shared_stores(
-                config, limits)
-        self.registrations.seed(self.registry.registration_times())
+                config, limits)  # seeds the quota only if Redis lost its window
         options: dict[str, Any] = {"server_id": self.server_id,
                                    "registered_name": self._registered_name, "limits": {
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,

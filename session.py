@@ -179,12 +179,11 @@ class Session:
         with self.server.registration_lock:  # two first logins with one name: one key wins
             registered = self.server.registry.lookup(username)
             if registered is None:
-                self._check_registration(username, pending["public_der"])
+                self._check_registration(username, pending["public_der"], claim=True)
                 try:
                     registered = self.server.registry.register(username, pending["public_der"])
                 except RegistrationRefused as exc:
                     raise RegistrationLimited(str(exc)) from None
-                self.server.registrations.record(self.conn.ip)
                 log.info("registered the key of %s", username)
             elif registered.public_der != pending["public_der"]:
                 raise KeyMismatch(f'the username "{username}" is registered to another key')
@@ -201,14 +200,20 @@ class Session:
             log.info("takeover %s: %s replaces %s", username, self.conn.peer, replaced.address)
         log.info("connect %s from %s", username, self.conn.peer)
 
-    def _check_registration(self, username: str, public_der: bytes) -> None:
-        """Refuse a new name that looks like another, or over the key's or quotas' limits."""
+    def _check_registration(self, username: str, public_der: bytes, *,
+                            claim: bool = False) -> None:
+        """Refuse a new name that looks like another, or over the key's or quotas' limits;
+        with `claim` (the proven login about to register), count it in the quota too."""
         twin = self.server.registry.lookalike(username)
         if twin is not None:
             raise InvalidName(f'the username "{username}" looks too much like "{twin}", '
                               "who is already registered; choose another")
+        # claim checks the quota and counts this registration in one step, so two nodes of
+        # a cluster cannot both take the last place; a registration the registry then
+        # refuses keeps its count, erring towards the limit.
+        quota = self.server.registrations
         refusal = (self.server.registry.refusal(username, public_der)
-                   or self.server.registrations.refusal(self.conn.ip))
+                   or (quota.claim if claim else quota.refusal)(self.conn.ip))
         if refusal is not None:
             raise RegistrationLimited(f"the username cannot be registered: {refusal}")
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -22,6 +23,7 @@ from client import (
     Disconnected,
     ErrorEvent,
     HistoryPage,
+    NotSent,
     PrivateMessage,
     RoomJoined,
     RoomList,
@@ -213,43 +215,95 @@ def test_a_name_is_online_once_and_a_login_elsewhere_takes_over(nodes, client_fa
 
 
 def test_redis_restart_under_traffic_recovers_by_itself(nodes, client_factory, redis_server):
-    a, b = nodes(2)
+    a, b = nodes(2, rate=50.0, burst=50)  # flood control would pace, not test, this traffic
     alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
     alice.say("before")
     bob.recorder.wait_for(message("before"))
-    redis_server.kill()
-    stopped = time.monotonic()
     # While Redis is away the nodes keep their users and refuse what needs it, clearly.
+    redis_server.kill()
     alice.say("during")
-    refused = alice.recorder.wait_for(lambda e: isinstance(e, ErrorEvent)
-                                      and e.code == "cluster_unavailable")
-    assert "Redis" in refused.message
+    refused = alice.recorder.wait_for(lambda e: isinstance(e, NotSent) and e.text == "during")
+    assert refused.code == "cluster_unavailable" and "Redis" in refused.message
     assert a.connection_count() == 1 and b.connection_count() == 1
     redis_server.start()
+    # Real traffic: both users keep posting (~20 messages/s each) across a restart.
+    stop = threading.Event()
+    sent: dict[str, list[str]] = {"alice": [], "bob": []}
+    broken: list[str] = []
+
+    def post(client: Any, who: str) -> None:
+        number = 0
+        while not stop.is_set():
+            number += 1
+            text = f"{who} {number}"
+            sent[who].append(text)
+            try:
+                client.say(text)
+            except ConnectionError as exc:  # would fail the test below: nothing was sent
+                broken.append(f"{who}: {exc}")
+                return
+            stop.wait(0.05)  # the pace of a busy room, not a wait for a result
+
+    senders = [threading.Thread(target=post, args=(c, w), daemon=True)
+               for c, w in ((alice, "alice"), (bob, "bob"))]
+    for thread in senders:
+        thread.start()
+    alice.recorder.wait_for(message("bob 5"))  # traffic flows before Redis goes
+    redis_server.restart()
     restarted = time.monotonic()
-    deadline = restarted + WAIT
-    sent = 0
-    while time.monotonic() < deadline:  # resend until a node takes it: recovery time
-        sent += 1
-        mark = bob.recorder.mark()
-        alice.say(f"after {sent}")
-        try:
-            bob.recorder.wait_for(message(f"after {sent}"), timeout=0.5, after=mark)
-            break
-        except AssertionError:
-            continue
-    else:
-        pytest.fail("the cluster did not recover within {WAIT} s of Redis's restart")
+    first = len(sent["alice"]) + 1  # alice's first message posted after the restart
+
+    def posted_after_restart(event: Any) -> bool:
+        return (isinstance(event, RoomMessage) and event.text.startswith("alice ")
+                and int(event.text.split(" ")[1]) >= first)
+
+    try:  # the first of them that reaches the other node: the cluster works again
+        bob.recorder.wait_for(posted_after_restart)
+    except AssertionError:
+        stop.set()
+        codes = [(e.code, e.text) for e in alice.recorder.of_type(NotSent)][-5:]
+        pytest.fail(f"the cluster did not recover within {WAIT} s of Redis's restart; "
+                    f"alice's last refusals {codes}, broken {broken}")
     recovered = time.monotonic()
-    print(f"\nRedis down {restarted - stopped:.2f} s; cluster chat back "
-          f"{recovered - restarted:.2f} s after Redis restarted ({sent} tries)")
-    # Both nodes still know each other's users, and later messages keep increasing ids.
+    mark = alice.recorder.mark()
+    alice.recorder.wait_for(message(f"bob {len(sent['bob']) + 10}"), after=mark)
+    stop.set()
+    for thread in senders:
+        thread.join(WAIT)
+    assert not broken, broken
+    last = [f"alice {len(sent['alice'])}", f"bob {len(sent['bob'])}"]
+    for client in (alice, bob):  # the last of each, delivered or refused, ends the run
+        for text in last:
+            client.recorder.wait_for(lambda e, t=text: message(t)(e) or (
+                isinstance(e, NotSent) and e.text == t), timeout=WAIT)
+    for client in (alice, bob):
+        mark = client.recorder.mark()
+        client.request("users")  # a round trip to each node: what was in flight has come
+        client.recorder.wait_for(UserList, after=mark)
+    orders = []
+    for client, who in ((alice, "alice"), (bob, "bob")):
+        got = [e for e in client.recorder.of_type(RoomMessage) if not e.history
+               and e.text.split(" ")[0] in ("alice", "bob") and e.text.count(" ") == 1]
+        texts = [e.text for e in got]
+        assert len(texts) == len(set(texts)), f"{who} got a message twice"
+        orders.append([e.id for e in got])
+        refused_texts = {e.text for e in client.recorder.of_type(NotSent)}
+        for text in sent[who]:  # each of mine: delivered, or I was told it was not sent
+            assert (text in texts) != (text in refused_texts), (
+                f"{text!r}: delivered={text in texts}, refused={text in refused_texts}")
+    assert orders[0] == orders[1], "the two nodes' members saw different orders"
+    assert orders[0] == sorted(orders[0]), "ids went backwards"
+    delivered = {e.text for e in alice.recorder.of_type(RoomMessage)}
+    assert delivered == {e.text for e in bob.recorder.of_type(RoomMessage)}
+    lost = sum(1 for who in sent for t in sent[who] if t not in delivered)
+    codes = {e.code for c in (alice, bob) for e in c.recorder.of_type(NotSent)}
+    print(f"\nRedis restarted under {sum(map(len, sent.values()))} messages at ~40/s: chat "
+          f"back {recovered - restarted:.2f} s after the restart; {lost} refused to their "
+          f"senders ({', '.join(sorted(codes))}), none lost silently, none twice")
     mark = alice.recorder.mark()
     alice.request("users")
     assert {u.user for u in alice.recorder.wait_for(UserList, after=mark).users} == {
         "alice", "bob"}
-    ids = [e.id for e in bob.recorder.of_type(RoomMessage) if not e.history]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
 def test_a_bad_redis_url_is_a_startup_error_without_traceback(tmp_path):
@@ -420,3 +474,28 @@ def test_reuse_port_lets_two_nodes_share_one_port(nodes, client_factory):
     alice, bob = client_factory(a, "alice"), client_factory(b, "bob")
     alice.say("one port")
     assert bob.recorder.wait_for(message("one port")).user == "alice"
+
+
+def test_the_registration_quota_holds_across_nodes_under_a_race(nodes, client_factory):
+    """Logins of new names on two nodes at once: the day's quota is never overshot."""
+    a, b = nodes(2, registrations_per_day=2)
+    outcomes: list[str] = []
+    names = [f"new{i}" for i in range(6)]
+
+    def login(node: Any, name: str) -> None:
+        try:
+            client_factory(node, name)
+            outcomes.append("registered")
+        except Exception as exc:  # the refusal, whatever the client library calls it
+            outcomes.append(f"refused: {exc}")
+
+    threads = [threading.Thread(target=login, args=((a, b)[i % 2], name))
+               for i, name in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    assert len(outcomes) == len(names)
+    assert outcomes.count("registered") == 2, "\n".join(outcomes)
+    assert all("24 hours" in o for o in outcomes if o != "registered"), outcomes
+    assert len(a.registry.usernames()) == 2

@@ -134,6 +134,24 @@ def test_a_damaged_registry_is_refused_with_its_name(tmp_path: Path) -> None:
     assert str(registry) in line, line
 
 
+def test_a_cluster_node_names_a_damaged_registry_and_a_refusing_redis(
+        tmp_path: Path, redis_server: Any) -> None:
+    import redis
+
+    registry = tmp_path / "keyregistry.json"
+    registry.write_text("this is not a registry\n")
+    log = str(tmp_path / "log.json")
+    line = refusal(run_server("--port", "0", "--log", log, "--redis", redis_server.url,
+                              cwd=tmp_path))
+    assert "keyregistry.json" in line and "damaged" in line, line
+    registry.unlink()
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", "sekrit")
+    wrong = f"redis://:wrong@127.0.0.1:{redis_server.port}/0"
+    for url in (wrong, redis_server.url):  # a wrong password, and none
+        line = refusal(run_server("--port", "0", "--log", log, "--redis", url, cwd=tmp_path))
+        assert url in line and "check the --redis URL" in line and ".:" not in line, line
+
+
 def test_a_missing_certificate_is_named(tmp_path: Path) -> None:
     line = refusal(run_server("--port", "0", "--tls-cert", str(tmp_path / "server.crt"),
                               cwd=tmp_path))
