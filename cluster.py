@@ -37,12 +37,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 from errors import ClusterUnavailable, DoNotDisturb, RequestError
 from rooms import (
     COMMON_ROOM,
-    MAX_TEXT_CHARS,
     ChatState,
     Journal,
     Member,
     MemberStore,
-    clean_text,
     normalize_room,
     normalize_status,
     utc_now,
@@ -250,10 +248,7 @@ class ClusterChat(ChatState):
 
     def post(self, member: Member, text: str, ref: str | None = None,
              room_name: str | None = None) -> int:
-        clean_text(text, MAX_TEXT_CHARS, "message")
-        if not text.strip():
-            raise RequestError("message is empty")
-        room = self._current(member) if room_name is None else normalize_room(room_name)
+        room = self.room_to_post(member, text, room_name)
         with self.lock:
             if room not in member.rooms:
                 raise RequestError(f"you are not in {room}; join it first")
