@@ -218,8 +218,7 @@ class Connection:
                     self._chunks.insert(0, data[sent:])
                     self._queued += len(data) - sent
         if done:
-            if server._drain_waiters:  # announce_drained's test, without the call
-                server.announce_drained()
+            server.announce_drained()
         elif not self.drain_owned():
             server.writer.watch(self)
 

@@ -3,38 +3,14 @@ frames a room's members and the sender get for one message."""
 from __future__ import annotations
 
 import re
-import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+from messagelog import MessageLog
 from protocol import FrameDecoder
 from rooms import ChatState, utc_now
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-class Journal:
-    """The message log's interface, in memory (ids and records; ChatState's Journal)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-        self.next_id = 1
-
-    def allocate_id(self) -> int:
-        self.next_id += 1
-        return self.next_id - 1
-
-    def append(self, record: dict) -> None:
-        self.records.append(dict(record))
-
-    def history(self, room: str) -> list[dict]:
-        return []
-
-    def history_before(self, room: str, before_id: int | None = None,
-                       limit: int | None = None) -> tuple[list[dict], bool]:
-        return [], False
-
-    def rooms(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        return []
 
 
 class Outbox:
@@ -53,14 +29,14 @@ def test_utc_now_matches_the_datetime_formatting_it_replaces() -> None:
         after = datetime.now(timezone.utc)
         assert ISO_MS.fullmatch(text), text
         parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-        assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= parsed <= after
-    first = utc_now()
-    time.sleep(0)  # no wait needed: the clock only moves forward across calls
-    assert utc_now() >= first
+        # Truncated to the millisecond, as isoformat does (1 ms of slack for float rounding).
+        floor = before.replace(microsecond=before.microsecond // 1000 * 1000)
+        assert floor - timedelta(milliseconds=1) <= parsed <= after
 
 
-def test_one_message_reaches_every_member_once_and_only_the_sender_sees_its_ref() -> None:
-    journal = Journal()
+def test_one_message_reaches_every_member_once_and_only_the_sender_sees_its_ref(
+        tmp_path: Path) -> None:
+    journal = MessageLog(tmp_path / "messages.jsonl")
     state = ChatState(journal)
     boxes = [Outbox() for _ in range(5)]
     members = [state.login(f"user{i}", box)[0] for i, box in enumerate(boxes)]
@@ -68,7 +44,8 @@ def test_one_message_reaches_every_member_once_and_only_the_sender_sees_its_ref(
         box.frames.clear()
     message_id = state.post(members[0], "héllo \ud800 there", "r-7")
     expected = {"type": "message", "id": message_id, "room": "#common", "user": "user0",
-                "text": "héllo ? there", "time": journal.records[-1]["time"]}
+                "text": "héllo ? there", "time": boxes[1].frames[-1]["time"]}
+    assert ISO_MS.fullmatch(expected["time"])
     messages = [[f for f in box.frames if f["type"] == "message"] for box in boxes]
     assert messages[0] == [{**expected, "ref": "r-7"}]
     assert all(got == [expected] for got in messages[1:])
@@ -77,3 +54,4 @@ def test_one_message_reaches_every_member_once_and_only_the_sender_sees_its_ref(
     state.post(members[1], "no ref")
     assert all([f["text"] for f in box.frames] == ["no ref"] for box in boxes)
     assert all("ref" not in f for box in boxes for f in box.frames)
+    journal.close()
