@@ -68,6 +68,15 @@ def encode_frame_with(frame: Mapping[str, Any], key: str, raw_json: bytes) -> by
     return HEADER.pack(len(body)) + body
 
 
+def with_field(data: bytes, key: str, value: Any) -> bytes:
+    """Wire bytes `data` (from encode_frame, an object with at least one field) with
+    `key`: `value` added last, without encoding the rest again: the sender's echo of a
+    message is everyone's frame plus its "ref". `key` is a plain name (no escaping) and
+    `data` must not hold it."""
+    body = b"".join((data[HEADER.size:-1], b',"', key.encode(), b'":', encode_json(value), b"}"))
+    return HEADER.pack(len(body)) + body
+
+
 def encode_json(value: Any) -> bytes:
     """Any JSON value as UTF-8, as encode_body writes it (for encode_frame_with)."""
     return _encoder.encode(value).encode("utf-8", "replace")

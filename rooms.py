@@ -24,13 +24,13 @@ import base64
 import bisect
 import re
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
 from presence import BATCH_FROM, PresenceBatcher
-from protocol import PROTOCOL_VERSION, encode_frame, encode_frame_with, encode_json
+from protocol import PROTOCOL_VERSION, encode_frame, encode_frame_with, encode_json, with_field
 from userstore import MailboxFull, UserStore
 
 COMMON_ROOM = "#common"
@@ -57,9 +57,22 @@ STATUS_ALIASES = {
 }
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second utc_now formatted, and its text
+
+
 def utc_now() -> str:
-    """The server's clock: UTC, ISO 8601 with milliseconds, e.g. 2026-11-29T19:40:00.123Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The server's clock: UTC, ISO 8601 with milliseconds, e.g. 2026-11-29T19:40:00.123Z.
+
+    Every message reads it: the date and time of day are formatted once per second (a
+    datetime and its isoformat cost as much as the rest of the message's frame)."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    cached = _second  # one read: another thread may replace the pair meanwhile
+    if cached[0] != whole:
+        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _second = cached
+    return f"{cached[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 def validate_name(name: str, what: str = "username") -> str:
@@ -393,13 +406,13 @@ class ChatState:
             now = self.clock()
             self.journal.append({"event": "message", "time": now, "id": message_id,
                                  "room": room, "user": member.name, "text": text})
-            frame = {"type": "message", "id": message_id, "room": room,
-                     "user": member.name, "text": text, "time": now}
+            data = encode_frame({"type": "message", "id": message_id, "room": room,
+                                 "user": member.name, "text": text, "time": now})
             if ref is None:
-                self._broadcast(room, frame)
+                self._push_room(room, data)
             else:  # the label is the sender's own: others must not see it (or count it)
-                self._broadcast(room, frame, skip=member)
-                self._send(member, {**frame, "ref": ref})
+                self._push_room(room, data, skip=member)
+                member.outbox.push(with_field(data, "ref", ref))
             return message_id
 
     def set_status(self, member: Member, status_word: str, note: str | None = None) -> None:
@@ -519,8 +532,16 @@ class ChatState:
 
     def _broadcast(self, room: str, frame: dict[str, Any], *, skip: Member | None = None,
                    urgent: bool = True) -> None:
-        data = encode_frame(frame)
-        for member in self._rooms.get(room, ()):
+        self._push_room(room, encode_frame(frame), skip=skip, urgent=urgent)
+
+    def _push_room(self, room: str, data: bytes, *, skip: Member | None = None,
+                   urgent: bool = True) -> None:
+        """The same bytes to every member of `room`: the fan-out's loop, kept bare (one
+        bound-method call per member, nothing allocated per member)."""
+        members = self._rooms.get(room)
+        if not members:
+            return
+        for member in members.members.values():
             if member is not skip:
                 member.outbox.push(data, urgent)
 

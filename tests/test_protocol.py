@@ -15,6 +15,7 @@ from protocol import (
     decode_body,
     encode_frame,
     validate_request,
+    with_field,
 )
 
 FRAMES = [
@@ -201,3 +202,15 @@ def test_arbitrary_bytes_only_raise_protocol_errors(data: bytes) -> None:
     # A stream that ends in the middle of a frame says so, and only at its end.
     truncated = [i for i, outcome in enumerate(outcomes) if outcome.startswith("TruncatedFrame")]
     assert truncated in ([], [len(outcomes) - 1]), outcomes
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1).filter(lambda k: k not in ("ref", "type")), st.text()),
+       st.text())
+def test_with_field_is_the_frame_encoded_with_the_field_last(fields: dict, ref: str) -> None:
+    """The echo's bytes (everyone's frame plus "ref") equal encoding the whole frame, for
+    any text, lone surrogates included: the splice never encodes differently."""
+    frame = {"type": "message", **fields}
+    spliced = with_field(encode_frame(frame), "ref", ref)
+    assert spliced == encode_frame({**frame, "ref": ref})
+    assert decode_body(spliced[4:])["ref"] == ref.encode("utf-8", "replace").decode("utf-8")
