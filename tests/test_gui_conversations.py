@@ -162,11 +162,14 @@ def test_the_sidebar_keeps_the_keyboard_place_across_refreshes_and_enter_shows_i
     gui.wait(lambda s: s["view"] == "#common" and s["sidebar_focus"] == "#common",
              "#common shown and focused in the sidebar")
     # Shift+Tab from the input box takes the keyboard back to the sidebar.
+    # Each press waits until the window shows the focus moved from where it was: the probe
+    # file may lag, and a press sent on a stale reading would go one widget too far.
     for _ in range(6):
-        if "treeview" in gui.state()["focus"]:
+        before = gui.state()["focus"]
+        if "treeview" in before:
             break
         gui.key("shift+Tab")
-        gui.wait(lambda s: s["focus"] != "input", "the focus left the input box")
+        gui.wait(lambda s, before=before: s["focus"] != before, f"the focus left {before}")
     gui.wait(lambda s: "treeview" in s["focus"], "the keyboard in the sidebar")
     gui.key("Down")
     gui.wait(lambda s: s["sidebar_focus"] == "#design", "Down to #design")
