@@ -251,11 +251,15 @@ class Client:
                 self.on_control(buf[body:stop])
             pos = stop
         self.rest = buf[pos:] if pos < end else b""
+        self.counted(count)
+
+    def counted(self, count: int) -> None:
+        """Add the messages one read brought to its worker's tally (a sender's apart)."""
         if count:
             if self.sender:
-                worker.sender_messages += count
+                self.worker.sender_messages += count
             else:
-                worker.messages += count
+                self.worker.messages += count
 
     def irc_lines(self, data: bytes) -> None:
         """The IRC dialect (ngircd): lines, not frames; the same counting and parsing."""
@@ -283,11 +287,7 @@ class Client:
                 self.on_irc_control(buf[pos:stop].rstrip(b"\r"))
             pos = stop + 1
         self.rest = buf[pos:] if pos < end else b""
-        if count:
-            if self.sender:
-                worker.sender_messages += count
-            else:
-                worker.messages += count
+        self.counted(count)
 
     def on_irc_control(self, line: bytes) -> None:
         """Registration: 001 (welcome) -> JOIN; 366 (end of NAMES) -> ready."""

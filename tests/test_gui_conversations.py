@@ -24,14 +24,21 @@ def entry(state: dict[str, Any], name: str) -> dict[str, Any]:
     return {}
 
 
-def test_rooms_and_a_private_conversation_from_the_sidebar(
-        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+def bob_in_and_alice_logged_in(launch: Callable[..., Gui], chat_server: Any,
+                               client_factory: Any, room: str) -> tuple[Any, Gui]:
+    """Bob (a library client) in `room` too, and alice's window logged in."""
     host, port = chat_server.address
     bob = client_factory(chat_server, "bob", key=0)
-    bob.join("#design")
-    bob.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#design")
+    bob.join(room)
+    bob.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == room)
     gui = launch("--username", "alice", "--host", host, "--port", str(port))
     log_in(gui)
+    return bob, gui
+
+
+def test_rooms_and_a_private_conversation_from_the_sidebar(
+        launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
+    bob, gui = bob_in_and_alice_logged_in(launch, chat_server, client_factory, "#design")
     gui.say("/join design")
     state = gui.wait(lambda s: s["view"] == "#design" and entry(s, "#design").get("current"),
                      "#design shown and highlighted")
@@ -148,12 +155,7 @@ def test_scrolling_to_the_top_loads_older_messages_and_a_gap_is_shown(
 
 def test_the_sidebar_keeps_the_keyboard_place_across_refreshes_and_enter_shows_it(
         launch: Callable[..., Gui], chat_server: Any, client_factory: Any) -> None:
-    host, port = chat_server.address
-    bob = client_factory(chat_server, "bob", key=0)
-    bob.join("#games")
-    bob.recorder.wait_for(lambda e: isinstance(e, RoomJoined) and e.room == "#games")
-    gui = launch("--username", "alice", "--host", host, "--port", str(port))
-    log_in(gui)
+    bob, gui = bob_in_and_alice_logged_in(launch, chat_server, client_factory, "#games")
     gui.say("/join design")
     gui.wait(lambda s: s["view"] == "#design", "#design shown")
     gui.say("/join games")
