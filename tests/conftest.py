@@ -51,6 +51,21 @@ def carol(key_pool: KeyPool) -> RSA.RsaKey:
     return key_pool.get(2)
 
 
+# The registered public keys (DER) of two people, for the key registry's tests.
+@pytest.fixture(scope="session")
+def der_a(key_pool: KeyPool) -> bytes:
+    from auth import public_key_der
+
+    return public_key_der(key_pool.get(0))
+
+
+@pytest.fixture(scope="session")
+def der_b(key_pool: KeyPool) -> bytes:
+    from auth import public_key_der
+
+    return public_key_der(key_pool.get(1))
+
+
 # -- a live server and clients over real sockets --------------------------------------------
 
 import itertools  # noqa: E402

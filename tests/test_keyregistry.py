@@ -13,21 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from auth import AuthError, key_fingerprint, public_key_der
+from auth import AuthError, key_fingerprint
 from keyregistry import KeyRegistry, KeyRegistryError, RegisteredKey, RegistrationConflict
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEN = datetime(2026, 11, 29, 19, 40, 0, 123000, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def der_a(key_pool) -> bytes:
-    return public_key_der(key_pool.get(0))
-
-
-@pytest.fixture(scope="module")
-def der_b(key_pool) -> bytes:
-    return public_key_der(key_pool.get(1))
 
 
 @pytest.fixture

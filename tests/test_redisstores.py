@@ -346,14 +346,6 @@ def test_a_client_that_decodes_responses_is_refused(redis_server):
 
 # -- the key registry, on both implementations ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def der_a(key_pool) -> bytes:
-    return public_key_der(key_pool.get(0))
-
-
-@pytest.fixture(scope="module")
-def der_b(key_pool) -> bytes:
-    return public_key_der(key_pool.get(1))
 
 
 @pytest.fixture(params=["file", "redis"])
