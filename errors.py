@@ -132,3 +132,10 @@ class ClusterUnavailable(GapshapeError):
     def __init__(self, message: str = "the chat's shared store is not reachable right now; "
                  "try again in a moment") -> None:
         super().__init__(message)
+
+
+class ServerBusy(GapshapeError):
+    """The server could not check a login proof now (its verifier process is restarting or
+    stuck); nothing was decided, and the same login may succeed in a moment."""
+
+    code = "server_busy"

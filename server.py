@@ -8,6 +8,7 @@ The pieces, one module each:
 - `session.py`: each connection's login and request handlers.
 - `rooms.py`: users, rooms, presence and history (`ChatState`), with no sockets in it.
 - `messagelog.py` and `keyregistry.py`: what is kept on disk.
+- `verifier.py`: login proofs checked in a child process, off this process's GIL.
 
 This module has the configuration, the listening socket, admission (connection limits),
 start-up and shutdown, and the command line.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import _thread
 import argparse
 import collections
-import concurrent.futures
 import dataclasses
 import errno
 import hashlib
@@ -46,6 +46,7 @@ from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
 from transport import BacklogBudget, Connection, Writer
 from userstore import MailboxLimits, UserStore
+from verifier import LoginVerifier, default_processes
 
 if TYPE_CHECKING:
     from cluster import ClusterChat
@@ -54,9 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gapshape.server")
 
 THREAD_STACK_SIZE = 512 * 1024  # readers recurse little; small stacks let 10,000 fit
-# A login's verification is mostly Python (pycryptodome parses the key), so it holds the
-# GIL: a second thread only adds contention (1,000 proofs: 1.95 s on one, 2.3 s on two).
-CRYPTO_THREADS = 1
 
 
 @dataclass
@@ -90,6 +88,8 @@ class ServerConfig:
     redis_url: str | None = None  # a node of the cluster sharing this Redis (cluster.py)
     node_id: str | None = None  # default: host-pid-random
     reuse_port: bool = False  # SO_REUSEPORT: several processes on one port
+    # Processes that check login proofs (verifier.py); 0: a thread of the server's own.
+    verify_processes: int = dataclasses.field(default_factory=default_processes)
 
     @property
     def registry(self) -> Path:
@@ -151,21 +151,22 @@ class ChatServer:
         # server, touched only while someone waits, keeps an Event out of every connection.
         self._drain_cond = threading.Condition()
         self._drain_waiters = 0
-        # RSA work runs here, not on the connection threads: GMP's big-number scratch space
-        # lives on the stack, and a thread's stack pages stay resident for its whole life.
-        self.crypto_pool = concurrent.futures.ThreadPoolExecutor(CRYPTO_THREADS,
-                                                                 "gapshape-crypto")
         self._stopped = threading.Event()
         self._listener = socket.create_server((config.host, config.port), backlog=1024,
                                               reuse_port=config.reuse_port)
         self._listener.settimeout(0.2)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        # Login proofs are checked in a child process: the RSA work of a login storm then
+        # runs on another core, and not under the GIL the reader threads need. Started
+        # once the port is ours, so a start-up mistake leaves no process behind.
+        self.verifier = LoginVerifier(config.verify_processes)
         if self.link is not None:
             self.link.flush = self.flush
             try:
                 self.link.start(cast("ClusterChat", self.state), self.log.next_id)
             except Exception:
                 self._listener.close()
+                self.verifier.close()
                 raise
 
     def _registered_name(self, name: str) -> str | None:
@@ -282,7 +283,7 @@ class ChatServer:
         with self._conn_gone:
             self._conn_gone.wait_for(lambda: not self._connections, timeout=0.7)
         self.writer.stop()
-        self.crypto_pool.shutdown(wait=False)
+        self.verifier.close()
         if self.link is not None:
             self.link.stop()
         self.log.close()
@@ -543,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registrations-per-address", type=whole_number, default=d.registrations_per_address, help="new usernames one IP address may register in 24 hours; 0 = no limit (default %(default)s)")
     p.add_argument("--registrations-per-day", type=whole_number, default=d.registrations_per_day, help="new usernames the server registers in 24 hours; 0 = no limit (default %(default)s)")
     p.add_argument("--max-clients", type=at_least_one, default=d.max_clients, help="connections the server holds at once (default %(default)s)")
+    p.add_argument("--verify-processes", type=whole_number, default=d.verify_processes, help="processes that check login proofs, beside the server's own; 0 = a thread of the server's (default %(default)s: one per core beyond the first, at most 4)")
     p.add_argument("--max-per-address", type=at_least_one, default=d.max_per_address, help="connections from one IP address (default %(default)s)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (if not in the same file)")
@@ -570,7 +572,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         registrations_per_address=args.registrations_per_address,
         registrations_per_day=args.registrations_per_day,
         max_clients=args.max_clients, max_per_address=args.max_per_address,
-        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        verify_processes=args.verify_processes, tls_cert=args.tls_cert, tls_key=args.tls_key,
         redis_url=args.redis, node_id=args.node_id, reuse_port=args.reuse_port,
     )
 

@@ -35,6 +35,7 @@ from errors import (
     ProtocolError,
     RegistrationLimited,
     RequestError,
+    ServerBusy,
     UnknownUser,
     UnsupportedVersion,
 )
@@ -42,6 +43,7 @@ from floodcontrol import TokenBucket
 from keyregistry import RegistrationRefused
 from protocol import MAX_REF_CHARS, PROTOCOL_VERSION, Frame, encode_frame, validate_request
 from rooms import TAKEOVER_REASON, Member, validate_name
+from verifier import VerifierUnavailable
 
 if TYPE_CHECKING:
     from transport import Connection
@@ -170,11 +172,13 @@ class Session:
             raise RequestError("send hello before auth")
         signature = _b64decode(frame["signature"], "signature")
         try:  # verify_login also refuses unusable keys (size, type, garbage)
-            self.server.crypto_pool.submit(
-                auth.verify_login, pending["public_der"], signature, pending["nonce"],
-                pending["username"], self.server.server_id).result()
+            self.server.verifier.verify(pending["public_der"], signature, pending["nonce"],
+                                        pending["username"], self.server.server_id)
         except auth.AuthError as exc:
             raise AuthFailed(f"the login was refused: {exc}") from None
+        except VerifierUnavailable as exc:
+            raise ServerBusy(f"the server could not check the login now ({exc}); "
+                             "try again in a moment") from None
         username = pending["username"]
         with self.server.registration_lock:  # two first logins with one name: one key wins
             registered = self.server.registry.lookup(username)

@@ -86,6 +86,7 @@ DEFAULT_ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", 
 QUICK_ROWS = ("throughput", "latency", "idle", "crypto", "log", "scrollback", "storm",
               "reconnect", "cluster")
 SENDERS = 4
+STORM_IN_FLIGHT = 32  # logins a load-generator process keeps in flight when connecting
 BENCH_ROOM = "#bench"
 
 
@@ -236,6 +237,27 @@ class ServerProcess:
         text = Path(f"/proc/{self.pid}/status").read_text()
         match = re.search(rf"^{field_name}:\s+(\d+)", text, re.M)
         return int(match.group(1)) if match else 0
+
+    def rss_kib(self) -> int:
+        """VmRSS of the server and every process under it (Gapshape's login verifier and
+        the forkserver it forks from), in KiB: what the server costs the machine. Pages the
+        children share are counted once per process, so this errs high."""
+        total, seen, todo = 0, set(), [self.pid]
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+                children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                            for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue  # it ended meanwhile
+            match = re.search(r"^VmRSS:\s+(\d+)", text, re.M)
+            total += int(match.group(1)) if match else 0
+            todo.extend(children)
+        return total
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: the server closes its log and writes its checkpoint."""
@@ -400,7 +422,7 @@ class Bench:
         dialect = IRC if server.kind == NGIRCD else server.kind
         seconds = self.loadgen.connect(dialect, server.address, groups, room=room,
                                        private_der=self.private_der, public_der=self.public_der,
-                                       concurrency=32, timeout=3600)
+                                       concurrency=STORM_IN_FLIGHT, timeout=3600)
         if quiet:
             self.loadgen.quiet(quiet)
         return seconds
@@ -499,10 +521,10 @@ def idle_rows(bench: Bench, n: int) -> list[Row]:
     for _, kind in alternate(s.idle_repeats):
         with bench.server(kind) as server:
             time.sleep(0.3)
-            before = server.status("VmRSS")
+            before = server.rss_kib()
             login = bench.connect(server, bench.split(n))
             time.sleep(0.5)
-            after = server.status("VmRSS")
+            after = server.rss_kib()
             rss[kind].append((after - before) / n)
             notes["login_s"].setdefault(kind, []).append(round(login, 2))
             notes["threads"].setdefault(kind, []).append(server.status("Threads"))
@@ -527,13 +549,14 @@ def idle_rows(bench: Bench, n: int) -> list[Row]:
 
 
 def verify_floor(bench: Bench, n: int) -> float:
-    """Seconds for a pool like the server's (server.CRYPTO_THREADS threads running
-    auth.verify_login, which parses the key each time as the server does) to verify `n`
-    login proofs."""
+    """Seconds for the server's verifier (verifier.LoginVerifier with the server's default
+    number of processes; auth.verify_login parses the key each time, as for a login) to
+    verify `n` login proofs, asked by as many threads at once as a storm has logins in
+    flight, so that its pipes are kept as full as in the storm."""
     import concurrent.futures
 
-    import auth
-    from server import CRYPTO_THREADS
+    from server import ServerConfig
+    from verifier import LoginVerifier
 
     signer = Signer(bench.private_der)
     proofs = []
@@ -541,12 +564,17 @@ def verify_floor(bench: Bench, n: int) -> float:
         nonce, user = os.urandom(32), f"w0c{number:05d}"
         proofs.append((bench.public_der, signer(nonce, user, "0123456789abcdef"), nonce, user,
                        "0123456789abcdef"))
-    with concurrent.futures.ThreadPoolExecutor(CRYPTO_THREADS, "floor-verify") as pool:
-        started = time.monotonic()
-        futures = [pool.submit(auth.verify_login, *proofs[i % len(proofs)]) for i in range(n)]
-        for future in futures:
-            future.result()
-        return time.monotonic() - started
+    verifier = LoginVerifier(ServerConfig().verify_processes)
+    in_flight = STORM_IN_FLIGHT * bench.settings.processes
+    try:
+        with concurrent.futures.ThreadPoolExecutor(in_flight, "floor-verify") as pool:
+            started = time.monotonic()
+            futures = [pool.submit(verifier.verify, *proofs[i % len(proofs)]) for i in range(n)]
+            for future in futures:
+                future.result()
+            return time.monotonic() - started
+    finally:
+        verifier.close()
 
 
 def crypto_floor(bench: Bench, n: int) -> tuple[float, float]:
@@ -687,7 +715,7 @@ def soak_rows(bench: Bench, _: int = 0) -> list[Row]:
         for room, groups in zip(rooms, per_room, strict=True):
             bench.connect(server, groups, room=room, quiet=0)
         bench.loadgen.quiet(0.5)
-        baseline = server.status("VmRSS")
+        baseline = server.rss_kib()
         say(f"  soak: {len(names)} clients in {len(rooms)} rooms, RSS after login "
             f"{baseline / 1024:.1f} MiB")
         # The first clients of each worker send (one per room per worker, as near as fits).
@@ -698,12 +726,12 @@ def soak_rows(bench: Bench, _: int = 0) -> list[Row]:
         samples: list[tuple[float, int]] = []
         while time.monotonic() < t_end:
             time.sleep(min(sample_every, max(0.0, t_end - time.monotonic())))
-            samples.append((round(time.monotonic() - started, 1), server.status("VmRSS")))
+            samples.append((round(time.monotonic() - started, 1), server.rss_kib()))
             say(f"  soak: {samples[-1][0]:.0f} s, RSS {samples[-1][1] / 1024:.1f} MiB")
         done = bench.loadgen.finish_soak(120)
         bench.loadgen.close_clients()
         time.sleep(10.0)  # the row's definition: RSS 10 s after everyone quit
-        after = server.status("VmRSS")
+        after = server.rss_kib()
     say(f"  soak: {done['reconnects']} reconnects; RSS 10 s after all left {after / 1024:.1f} MiB")
     later = [rss for t, rss in samples if t >= min(120.0, seconds / 2)]
     span_min = (samples[-1][0] - next(t for t, r in samples if r == later[0])) / 60 if later else 0
