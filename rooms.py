@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import base64
 import bisect
+import operator
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
 from presence import BATCH_FROM, PresenceBatcher
@@ -113,6 +114,19 @@ class Outbox(Protocol):
     def push(self, data: bytes, urgent: bool = True) -> None:
         """Queue `data`. A frame that is not `urgent` (arrivals and departures) may wait a
         few tens of milliseconds, so that a burst of logins costs each member one send."""
+
+
+FanOut = Callable[[Iterable[Outbox], bytes, bool], None]
+
+
+def push_each(outboxes: Iterable[Outbox], data: bytes, urgent: bool = True) -> None:
+    """The plain fan-out, one `push` per outbox; the server passes its own
+    (`transport.fan_out`), which does the same with less work per member."""
+    for outbox in outboxes:
+        outbox.push(data, urgent)
+
+
+_outbox_of = operator.attrgetter("outbox")
 
 
 class Journal(Protocol):
@@ -235,8 +249,10 @@ class ChatState:
         self, journal: Journal, store: MemberStore | None = None, *, server_id: str = "",
         clock: Callable[[], str] = utc_now, limits: dict[str, Any] | None = None,
         registered_name: Callable[[str], str | None] = lambda name: None,
+        fan_out: FanOut = push_each,
     ) -> None:
         self.lock = threading.Lock()
+        self.fan_out = fan_out
         self.journal = journal
         self.store = store if store is not None else UserStore()  # in-memory SQLite
         self.server_id = server_id
@@ -536,14 +552,17 @@ class ChatState:
 
     def _push_room(self, room: str, data: bytes, *, skip: Member | None = None,
                    urgent: bool = True) -> None:
-        """The same bytes to every member of `room`: the fan-out's loop, kept bare (one
-        bound-method call per member, nothing allocated per member)."""
+        """The same bytes to every member of `room`, through `fan_out` (nothing allocated
+        per member)."""
         members = self._rooms.get(room)
         if not members:
             return
-        for member in members.members.values():
-            if member is not skip:
-                member.outbox.push(data, urgent)
+        everyone = members.members.values()
+        if skip is None:
+            self.fan_out(map(_outbox_of, everyone), data, urgent)
+        else:
+            self.fan_out((member.outbox for member in everyone if member is not skip), data,
+                         urgent)
 
     def _enter(self, member: Member, room: str, now: str, last_seen: int | None) -> None:
         """Put an online member in a room (or make it current) and send its snapshot."""

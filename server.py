@@ -44,7 +44,7 @@ from keyregistry import KeyRegistry, KeyRegistryError
 from messagelog import HISTORY_BUDGET, MessageLog, decode_line
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
-from transport import BacklogBudget, Connection, Writer
+from transport import BacklogBudget, Connection, Writer, fan_out
 from userstore import MailboxLimits, UserStore
 from verifier import LoginVerifier, default_processes
 
@@ -126,7 +126,7 @@ class ChatServer:
 
             self.registry, self.registrations, self.flood, self.users = open_shared_stores(
                 config, limits)  # seeds the quota only if Redis lost its window
-        options: dict[str, Any] = {"server_id": self.server_id,
+        options: dict[str, Any] = {"server_id": self.server_id, "fan_out": fan_out,
                                    "registered_name": self._registered_name, "limits": {
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
             "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS}}

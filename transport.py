@@ -38,7 +38,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from errors import ProtocolError
 from protocol import FrameDecoder, encode_frame
@@ -63,6 +63,7 @@ class _Routing(threading.local):
 _routing = _Routing()
 _ABORT, _ABORT_LIMIT = "abort: budget", "abort: limit"
 _SEND_NOW, _SCHEDULE, _SEND_LATER = "send now", "schedule", "send later"
+_WATCH = "watch"  # a direct send the socket took only part of: the writer sends the rest
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -150,9 +151,15 @@ class Connection:
         Urgent bytes go out at the next flush, or at once when the routing thread handles a
         lone frame (nothing else waiting to be read: no batch to gather) and this outbox is
         idle; a send that does not fit is left to the writer. Others (presence) wait for
-        the writer's next presence tick, unless something urgent takes them along first."""
-        # The fan-out calls this once per member: the direct send is tested first and
-        # costs one lock, one thread-local read and the send (docs/PERFORMANCE.md, run 4).
+        the writer's next presence tick, unless something urgent takes them along first.
+        A frame for many clients goes through `fan_out`, which does the same for each."""
+        if urgent and _routing.lone_frame and self._io_lock is None:
+            self.server.log.write_pending()  # logged before it leaves
+            with self._out_lock:
+                action = self._push_plain(data)
+            if action is not None:
+                self._after_push(action)
+            return
         with self._out_lock:
             if self._closed:
                 return
@@ -161,16 +168,50 @@ class Connection:
                 self._flushing = True  # straight to the socket, without the queue
             else:
                 action = self._enqueue(data, urgent)
-        if direct:
+        if direct:  # TLS: the send needs the socket's own lock, not this one
             self._send_direct(data)
-        elif action is _SCHEDULE:
+        elif action is not None:
+            self._after_push(action)
+
+    def _push_plain(self, data: bytes) -> object:
+        """The lone-frame push to a plain socket, with `_out_lock` held (the log already
+        written): sent at once if nothing is queued or being sent, else queued. The
+        socket does not block, so holding the lock over the send costs other pushers to
+        this client one send at most, and saves taking it twice. Returns what the caller
+        does once the lock is released (None: nothing)."""
+        if self._closed:
+            return None
+        if self._chunks or self._flushing:
+            return self._enqueue(data, True)
+        try:
+            sent = self.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError as exc:
+            self._closed = True
+            return ConnectionGone(f"send failed: {exc.strerror or exc}")
+        if sent == len(data):  # the common case
+            return None
+        self._chunks.append(data[sent:] if sent else data)
+        self._queued += len(data) - sent
+        self._flushing = True  # the writer owns the rest now
+        return _WATCH
+
+    def _after_push(self, action: object) -> None:
+        """What a push decided under `_out_lock`, done after releasing it."""
+        if action is _SCHEDULE:
             self.server.dirty.append(self)
         elif action is _SEND_LATER:
             self.server.writer.send_later(self)
+        elif action is _WATCH:
+            self.server.writer.watch(self)
         elif action is _ABORT_LIMIT:
             self.abort(f"slow consumer: over {self.config.outbox_limit} bytes waiting to be sent")
         elif action is _ABORT:
             self.abort("slow consumer: the server's budget for unsent bytes is spent")
+        elif isinstance(action, ConnectionGone):
+            self.abort(str(action))
+            self.server.announce_drained()
 
     def _enqueue(self, data: bytes, urgent: bool) -> str | None:
         """Queue `data` (caller holds _out_lock); returns what the caller does next."""
@@ -490,8 +531,29 @@ class Connection:
         self.server.forget(self)
         self.server.writer.trimmer.note_ended()
 
-    # -- requests -------------------------------------------------------------------------
 
+def fan_out(outboxes: Iterable[Any], data: bytes, urgent: bool = True) -> None:
+    """The same frame to many outboxes (a room's members): `Connection.push` for each,
+    with the lone-frame send to plain sockets inlined. The log is written once before the
+    first send instead of being checked once per member, and each member costs one lock
+    with its send made under it (docs/PERFORMANCE.md, run 5). Anything else (a TLS
+    connection, a member on another node of a cluster, a frame in a batch) takes `push`."""
+    if not (urgent and _routing.lone_frame):
+        for outbox in outboxes:
+            outbox.push(data, urgent)
+        return
+    logged = False
+    for conn in outboxes:
+        if conn.__class__ is not Connection or conn._io_lock is not None:
+            conn.push(data, urgent)
+            continue
+        if not logged:
+            conn.server.log.write_pending()
+            logged = True
+        with conn._out_lock:
+            action = conn._push_plain(data)
+        if action is not None:
+            conn._after_push(action)
 
 
 # Windows' select() takes at most 512 sockets per call (CPython's FD_SETSIZE there); a

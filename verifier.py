@@ -16,9 +16,15 @@ child hands each answer to the thread that asked. A child that dies (killed, out
 memory) fails the checks it held with `VerifierUnavailable`, and a new one takes its
 place; with `processes=0` the checks run on one thread of this process, as before.
 
+The pipes carry this module's own frames, not pickles: a 4-byte big-endian length, then
+for a request its id, five 2-byte lengths and the five fields; for an answer its id and
+the refusal as UTF-8 (empty: valid). So neither side can be made to build objects it did
+not ask for, and a request goes out with one `writev` from the bytes it already has.
+
 Bounds: a request is about 1 KiB (the key, the signature, the nonce and the names); at most
 one is waiting per connection in login, which the server's `--max-clients` bounds. The
-pipe's kernel buffer (64 KiB) makes a caller wait when a child falls behind.
+pipe's kernel buffer makes a caller wait when a child falls behind; a frame over
+MAX_FRAME ends the pipe.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import struct
 import threading
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, Callable
@@ -39,7 +46,72 @@ log = logging.getLogger("gapshape.verifier")
 DEFAULT_PROCESSES = 1
 ANSWER_TIMEOUT = 30.0  # a check takes ~1.3 ms; this long means the child is stuck
 RESPAWN_PAUSE = 1.0  # between a child's death and its replacement, so a crash cannot spin
-_STOP = None  # the request that tells a child to exit
+MAX_FRAME = 64 * 1024  # far above a request (~1 KiB) or an answer; beyond it the pipe is broken
+_LENGTH = struct.Struct("!I")
+_REQUEST = struct.Struct("!IHHHHH")  # id, then the lengths of the five fields
+_ANSWER_ID = struct.Struct("!I")
+_STOP = b""  # the (empty) request that tells a child to exit
+
+Request = tuple[bytes, bytes, bytes, str, str]  # verify_login's arguments
+
+
+def _write_frame(fd: int, parts: list[bytes]) -> None:
+    """One frame, written whole (the caller holds the pipe's send lock)."""
+    size = sum(len(part) for part in parts)
+    data = [_LENGTH.pack(size), *parts]
+    total = size + _LENGTH.size
+    written = os.writev(fd, data)
+    if written < total:  # a full socket buffer: rare, so the rest is joined and looped
+        rest = memoryview(b"".join(data))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
+
+
+class _FrameReader:
+    """Frames from a pipe's file descriptor; `next()` is None at the end of the pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def next(self) -> bytes | None:
+        while True:
+            if len(self.buffer) >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(self.buffer)
+                if size > MAX_FRAME:
+                    return None
+                end = _LENGTH.size + size
+                if len(self.buffer) >= end:
+                    frame = bytes(self.buffer[_LENGTH.size:end])
+                    del self.buffer[:end]
+                    return frame
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                return None
+            if not data:
+                return None
+            self.buffer += data
+
+
+def _encode_request(request_id: int, request: Request) -> list[bytes]:
+    public_der, signature, nonce, username, server_id = request
+    fields = [public_der, signature, nonce, username.encode(), server_id.encode()]
+    if max(len(field) for field in fields) > 0xFFFF:  # far beyond any usable key or proof
+        raise auth.AuthError("the login proof is too large")
+    return [_REQUEST.pack(request_id, *(len(field) for field in fields)), *fields]
+
+
+def _decode_request(frame: bytes) -> tuple[int, Request]:
+    request_id, *lengths = _REQUEST.unpack_from(frame)
+    fields, at = [], _REQUEST.size
+    for length in lengths:
+        fields.append(frame[at:at + length])
+        at += length
+    if at != len(frame):
+        raise ValueError("a request's lengths do not add up")
+    der, signature, nonce, username, server_id = fields
+    return request_id, (der, signature, nonce, username.decode(), server_id.decode())
 
 
 class VerifierUnavailable(Exception):
@@ -52,7 +124,7 @@ def default_processes() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _check(request: tuple[bytes, bytes, bytes, str, str]) -> str | None:
+def _check(request: Request) -> str | None:
     """None if the proof is valid, else the reason it is refused."""
     try:
         auth.verify_login(*request)
@@ -62,23 +134,24 @@ def _check(request: tuple[bytes, bytes, bytes, str, str]) -> str | None:
 
 
 def _child_main(pipe: Pipe) -> None:
-    """A child: answer (id, request) with (id, None or the refusal) until told to stop or
-    the server goes (its end of the pipe closes)."""
+    """A child: answer each request with its id and None or the refusal, until told to
+    stop or the server goes (its end of the pipe closes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the server, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    while True:
+    reader, fd = _FrameReader(pipe.fileno()), pipe.fileno()
+    while (frame := reader.next()) is not None and frame != _STOP:
         try:
-            message = pipe.recv()
-        except (EOFError, OSError):
+            request_id, request = _decode_request(frame)
+        except (struct.error, ValueError):  # not from our server: nothing to answer
             return
-        if message is _STOP:
-            return
-        request_id, request = message
         try:
             answer = _check(request)
         except Exception:  # a bug in the parser, not the proof: refuse, keep serving
             answer = "the login proof could not be checked"
-        pipe.send((request_id, answer))
+        try:
+            _write_frame(fd, [_ANSWER_ID.pack(request_id), (answer or "").encode()])
+        except OSError:
+            return
 
 
 class _Waiter:
@@ -114,19 +187,21 @@ class _Child:
         self.reader.start()
 
     def _read_answers(self) -> None:
-        while True:
-            try:
-                request_id, answer = self.pipe.recv()
-            except (EOFError, OSError, TypeError, ValueError):
-                break
-            self._on_answer(self, request_id, answer)
+        reader = _FrameReader(self.pipe.fileno())
+        while (frame := reader.next()) is not None and len(frame) >= _ANSWER_ID.size:
+            (request_id,) = _ANSWER_ID.unpack_from(frame)
+            refusal = frame[_ANSWER_ID.size:].decode(errors="replace")
+            self._on_answer(self, request_id, refusal or None)
         self._on_death(self)
+
+    def send(self, parts: list[bytes]) -> None:
+        with self.send_lock:
+            _write_frame(self.pipe.fileno(), parts)
 
     def stop(self, timeout: float) -> None:
         """Ask the process to exit, then make sure it has; close the pipe."""
         try:
-            with self.send_lock:
-                self.pipe.send(_STOP)
+            self.send([_STOP])
         except (OSError, ValueError):
             pass
         self.process.join(timeout)
@@ -191,18 +266,23 @@ class LoginVerifier:
         if refusal is not None:
             raise auth.AuthError(refusal)
 
-    def _ask_child(self, request: tuple[bytes, bytes, bytes, str, str]) -> str | None:
+    def _ask_child(self, request: Request) -> str | None:
         waiter = _Waiter()
         with self._lock:
             live = [child for child in self._children if child.alive]
             if self._closed or not live:
                 raise VerifierUnavailable("no verifier process is running")
             child = min(live, key=lambda c: len(c.pending))  # the least busy
-            request_id = next(self._ids)
+            request_id = next(self._ids) & 0xFFFFFFFF  # ids of checks in flight never meet
             child.pending[request_id] = waiter
         try:
-            with child.send_lock:
-                child.pipe.send((request_id, request))
+            child.send(_encode_request(request_id, request))
+        except UnicodeEncodeError:  # a name no client could have signed
+            self._forget(child, request_id)
+            raise auth.AuthError("the login proof could not be checked") from None
+        except auth.AuthError:
+            self._forget(child, request_id)
+            raise
         except (OSError, ValueError):
             self._forget(child, request_id)
             raise VerifierUnavailable("the verifier process is gone") from None

@@ -67,6 +67,15 @@ def test_a_valid_proof_passes_and_others_are_refused(
         verifier.verify(b"\x30\x03garbage", signature, nonce, "alice", server_id)
 
 
+def test_fields_too_large_for_the_pipe_are_refused_before_it(
+        verifiers: Callable[..., LoginVerifier], alice: RSA.RsaKey) -> None:
+    verifier = verifiers(1)
+    public_der, _, nonce, username, server_id = proof(alice, "alice")
+    with pytest.raises(auth.AuthError, match="too large"):
+        verifier.verify(public_der, bytes(70_000), nonce, username, server_id)
+    verifier.verify(*proof(alice, "alice"))  # the pipe is still in step
+
+
 def test_answers_reach_the_threads_that_asked(verifiers: Callable[..., LoginVerifier],
                                               alice: RSA.RsaKey) -> None:
     """60 threads at once over two children, every second proof for the wrong name: each
