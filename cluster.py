@@ -173,8 +173,8 @@ class ReplicaJournal:
             raise RuntimeError("a cluster node allocates ids only in Redis")
         return int(op["id"])
 
-    def append(self, record: dict[str, Any]) -> None:
-        self.journal.append(record)
+    def append(self, record: dict[str, Any], line: bytes | None = None) -> None:
+        self.journal.append(record, line)
 
     def history(self, room: str) -> list[dict[str, Any]]:
         return self.journal.history(room)

@@ -67,6 +67,15 @@ def encode_record(record: Record) -> bytes:
         return _ASCII_ENCODER.encode(record).encode("ascii") + b"\n"
 
 
+def line_around(record: Record, members: bytes) -> bytes:
+    """The log line of `record` when every field but "event" is already encoded
+    (`protocol.encode_members`, the encoding its frame shares): {"event": ..., <members>}.
+    `record` is checked as encode_record checks it; the caller vouches that `members`
+    encodes the rest of it. (Lone surrogates were written as "?" there, as on the wire.)"""
+    _check_record(record)
+    return b'{"event":' + _ENCODER.encode(record["event"]).encode() + b"," + members + b"}\n"
+
+
 def decode_line(line: bytes) -> Record | None:
     """The record on a log line, or None when the line is not a JSON object."""
     try:

@@ -251,13 +251,16 @@ class MessageLog:
             self._next_id += 1
             return allocated
 
-    def append(self, record: Record) -> None:
+    def append(self, record: Record, line: bytes | None = None) -> None:
         """Queue `record` for the next `write_pending`, and remember it. No I/O.
 
-        The record is encoded here, once; TypeError/ValueError if it is not a valid
-        record (then nothing is queued). Later changes to `record` do not reach the log.
+        The record is encoded here, once, unless the caller brings its `line`
+        (`logformat.line_around`, sharing the encoding of the frame that carries it);
+        TypeError/ValueError if it is not a valid record (then nothing is queued). Later
+        changes to `record` do not reach the log.
         """
-        line = encode_record(record)
+        if line is None:
+            line = encode_record(record)
         event = record["event"]
         record_id: int | None = record["id"] if event in ID_EVENTS else None
         key = (str(record["room"]), record_id) if event == "message" and record_id is not None \

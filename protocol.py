@@ -58,6 +58,18 @@ def encode_frame(frame: Mapping[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def encode_members(fields: Mapping[str, Any]) -> bytes:
+    """The members of a JSON object as encode_body writes them, without the braces: one
+    encoding shared by a frame and a log line (`frame_around`, `logformat.line_around`)."""
+    return encode_body(fields)[1:-1]
+
+
+def frame_around(kind: str, members: bytes) -> bytes:
+    """The frame {"type": kind, <members>} as wire bytes; `members` from encode_members."""
+    body = b'{"type":' + encode_json(kind) + (b"," + members if members else b"") + b"}"
+    return HEADER.pack(len(body)) + body
+
+
 def encode_frame_with(frame: Mapping[str, Any], key: str, raw_json: bytes) -> bytes:
     """A frame as wire bytes with `key` set to `raw_json`, JSON already encoded (by
     encode_body or encode_json): a part shared by many frames, such as a room's first page

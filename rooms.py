@@ -30,8 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
+from logformat import line_around
 from presence import BATCH_FROM, PresenceBatcher
-from protocol import PROTOCOL_VERSION, encode_frame, encode_frame_with, encode_json, with_field
+from protocol import (
+    PROTOCOL_VERSION,
+    encode_frame,
+    encode_frame_with,
+    encode_json,
+    encode_members,
+    frame_around,
+    with_field,
+)
 from userstore import MailboxFull, UserStore
 
 COMMON_ROOM = "#common"
@@ -135,7 +144,8 @@ class Journal(Protocol):
     @property
     def next_id(self) -> int: ...
     def allocate_id(self) -> int: ...
-    def append(self, record: dict[str, Any]) -> None: ...
+    def append(self, record: dict[str, Any], line: bytes | None = None) -> None:
+        """Keep `record`; `line`, if given, is its log line already encoded."""
     def history(self, room: str) -> list[dict[str, Any]]: ...
     def history_before(self, room: str, before_id: int | None = None,
                        limit: int = 100) -> list[dict[str, Any]]: ...
@@ -420,10 +430,13 @@ class ChatState:
                 raise RequestError(f"you are not in {room}; join it first")
             message_id = self.journal.allocate_id()
             now = self.clock()
-            self.journal.append({"event": "message", "time": now, "id": message_id,
-                                 "room": room, "user": member.name, "text": text})
-            data = encode_frame({"type": "message", "id": message_id, "room": room,
-                                 "user": member.name, "text": text, "time": now})
+            # One JSON encoding for the frame and the log line: they share every field.
+            fields = {"id": message_id, "room": room, "user": member.name, "text": text,
+                      "time": now}
+            members = encode_members(fields)
+            record = {"event": "message", **fields}
+            self.journal.append(record, line_around(record, members))
+            data = frame_around("message", members)
             if ref is None:
                 self._push_room(room, data)
             else:  # the label is the sender's own: others must not see it (or count it)

@@ -28,6 +28,7 @@ MAX_FRAME ends the pipe.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import itertools
 import logging
@@ -36,6 +37,7 @@ import os
 import signal
 import struct
 import threading
+import weakref
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, Callable
 
@@ -213,6 +215,17 @@ class _Child:
         self.process.close()
 
 
+_open_verifiers: weakref.WeakSet[LoginVerifier] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit, before multiprocessing terminates daemon children (its own exit handler
+    was registered earlier, so it runs later): stop ours, so their end is not a death."""
+    for verifier in list(_open_verifiers):
+        verifier.close(timeout=0.5)
+
+
 class LoginVerifier:
     """Checks login proofs in `processes` children (0: on one thread of this process)."""
 
@@ -243,6 +256,7 @@ class LoginVerifier:
             self._context.set_forkserver_preload(["auth"])
         for _ in range(processes):
             self._start_child()
+        _open_verifiers.add(self)
 
     def _start_child(self) -> None:
         child = _Child(self._context, next(self._numbers), self._answered, self._child_died)

@@ -205,7 +205,7 @@ class Journal:
     def allocate_id(self) -> int:
         return len(self.records) + 1
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], line: bytes | None = None) -> None:
         self.records.append(record)
 
     def history(self, room: str) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 frames a room's members and the sender get for one message."""
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -55,3 +56,25 @@ def test_one_message_reaches_every_member_once_and_only_the_sender_sees_its_ref(
     assert all([f["text"] for f in box.frames] == ["no ref"] for box in boxes)
     assert all("ref" not in f for box in boxes for f in box.frames)
     journal.close()
+
+
+def test_the_log_line_holds_the_fields_the_frame_carries(tmp_path: Path) -> None:
+    """The message is encoded once for both: the line read back from the file is the
+    frame's fields under "event" instead of "type", and history gives the same."""
+    path = tmp_path / "messages.jsonl"
+    journal = MessageLog(path)
+    state = ChatState(journal)
+    box = Outbox()
+    member = state.login("user0", box)[0]
+    state.post(member, 'quotes " and \\ and é \ud800 \u2028 end')
+    [frame] = [f for f in box.frames if f["type"] == "message"]
+    journal.close()
+    lines = [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
+    [record] = [r for r in lines if r["event"] == "message"]
+    assert {k: v for k, v in record.items() if k != "event"} == \
+        {k: v for k, v in frame.items() if k != "type"}
+    assert frame["text"] == 'quotes " and \\ and é ? \u2028 end'
+    reopened = MessageLog(path)
+    assert [{k: v for k, v in r.items() if k != "event"} for r in reopened.history("#common")] \
+        == [{k: v for k, v in frame.items() if k != "type"}]
+    reopened.close()
