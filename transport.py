@@ -533,25 +533,44 @@ class Connection:
 
 
 def fan_out(outboxes: Iterable[Any], data: bytes, urgent: bool = True) -> None:
-    """The same frame to many outboxes (a room's members): `Connection.push` for each,
-    with the lone-frame send to plain sockets inlined. The log is written once before the
-    first send instead of being checked once per member, and each member costs one lock
-    with its send made under it (docs/PERFORMANCE.md, run 5). Anything else (a TLS
-    connection, a member on another node of a cluster, a frame in a batch) takes `push`."""
-    if not (urgent and _routing.lone_frame):
+    """The same frame to many outboxes (a room's members): what `Connection.push` does for
+    each, with its two urgent paths inlined (docs/PERFORMANCE.md, run 5). A lone frame is
+    sent at once: the log written once before the first send instead of being checked
+    once per member, and each member costs one lock with its send made under it. A frame
+    of a batch is queued, one lock per member, for the flush that follows the batch.
+    Anything else (presence, a TLS socket's send, a member on another node of a cluster)
+    takes `push`."""
+    if not urgent:
         for outbox in outboxes:
-            outbox.push(data, urgent)
-        return
+            outbox.push(data, False)
+    elif _routing.lone_frame:
+        _send_to_each(outboxes, data)
+    else:
+        _queue_for_each(outboxes, data)
+
+
+def _send_to_each(outboxes: Iterable[Any], data: bytes) -> None:
     logged = False
     for conn in outboxes:
         if conn.__class__ is not Connection or conn._io_lock is not None:
-            conn.push(data, urgent)
+            conn.push(data)
             continue
         if not logged:
             conn.server.log.write_pending()
             logged = True
         with conn._out_lock:
             action = conn._push_plain(data)
+        if action is not None:
+            conn._after_push(action)
+
+
+def _queue_for_each(outboxes: Iterable[Any], data: bytes) -> None:
+    for conn in outboxes:
+        if conn.__class__ is not Connection:
+            conn.push(data)
+            continue
+        with conn._out_lock:
+            action = None if conn._closed else conn._enqueue(data, True)
         if action is not None:
             conn._after_push(action)
 

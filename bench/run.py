@@ -250,13 +250,16 @@ class ServerProcess:
             seen.add(pid)
             try:
                 text = Path(f"/proc/{pid}/status").read_text()
-                children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                            for c in (task / "children").read_text().split()]
-            except (OSError, ValueError):
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
                 continue  # it ended meanwhile
             match = re.search(r"^VmRSS:\s+(\d+)", text, re.M)
             total += int(match.group(1)) if match else 0
-            todo.extend(children)
+            for task in tasks:  # threads come and go while they are read
+                try:
+                    todo.extend(int(c) for c in (task / "children").read_text().split())
+                except OSError:
+                    pass
         return total
 
     def stop(self, timeout: float = 10.0) -> None:
