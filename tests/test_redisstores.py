@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,7 @@ from keyregistry import (
     RegistrationRefused,
     Registry,
 )
+from racing import race
 from rooms import ChatState
 from test_abuse import Journal
 from userstore import MailboxFull, MailboxLimits, Queued, UserStore, UserStoreError
@@ -55,27 +55,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def race(workers: list[Callable[[], Any]]) -> list[Any]:
-    """Run the workers at once (released together by a barrier); their results or errors."""
-    barrier = threading.Barrier(len(workers))
-    results: list[Any] = [None] * len(workers)
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = workers[index]()
-        except Exception as exc:  # the outcome under test, kept for the assertions
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(workers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(t.is_alive() for t in threads), "a racing worker hung"
-    return results
 
 
 # -- the member store, on both implementations ---------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -16,6 +15,7 @@ from Crypto.PublicKey import RSA
 import auth
 from hostile_net import wait_until
 from protocol import PROTOCOL_VERSION
+from racing import race
 from rawclient import RawClient
 from server import build_parser, config_from_args
 from verifier import LoginVerifier, VerifierUnavailable
@@ -85,23 +85,9 @@ def test_answers_reach_the_threads_that_asked(verifiers: Callable[..., LoginVeri
     good = [proof(alice, f"user{i}", nonce=os.urandom(32)) for i in range(60)]
     requests = [(args if i % 2 == 0 else (*args[:3], "someone-else", args[4]))
                 for i, args in enumerate(good)]
-    verdicts: dict[int, bool] = {}
-    start = threading.Barrier(len(requests))
-
-    def ask(index: int) -> None:
-        start.wait()
-        try:
-            verifier.verify(*requests[index])
-            verdicts[index] = True
-        except auth.AuthError:
-            verdicts[index] = False
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert verdicts == {i: i % 2 == 0 for i in range(len(requests))}
+    outcomes = race([(lambda args=args: verifier.verify(*args)) for args in requests])
+    assert [outcome is None for outcome in outcomes] == [i % 2 == 0 for i in range(len(requests))]
+    assert all(isinstance(outcome, auth.AuthError) for outcome in outcomes[1::2])
 
 
 def test_a_killed_child_fails_its_checks_and_is_replaced(
