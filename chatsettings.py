@@ -70,7 +70,7 @@ _LOGIN_WORDS = {
     "invalid_name": "The server refused that name: {detail}",
     "unsupported_version": "This server speaks a different version of Gapshape: {detail}",
     "server_full": "The server is full right now. Try again in a while.",
-    "server_busy": "The server could not check your login just now; trying again shortly.",
+    "server_busy": "The server could not check your login just now. Try again in a moment.",
     "rate_limited": "The server asks you to slow down. Try again in a moment.",
     "timeout": "The server at {where} did not answer in time.",
     "closed": "The server at {where} closed the connection during login.",
