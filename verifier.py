@@ -14,7 +14,7 @@ the server's threads carry on.
 `verify` blocks only its caller (a connection's reader thread). One reader thread per
 child hands each answer to the thread that asked. A child that dies (killed, out of
 memory) fails the checks it held with `VerifierUnavailable`, and a new one takes its
-place; with `processes=0` the checks run on one thread of this process, as before.
+place; one that stops reading is killed once a write to it has waited `answer_timeout`; with `processes=0` the checks run on one thread of this process, as before.
 
 The pipes carry this module's own frames, not pickles: a 4-byte big-endian length, then
 for a request its id, five 2-byte lengths and the five fields; for an answer its id and
@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import struct
 import threading
 import weakref
@@ -156,6 +157,20 @@ def _child_main(pipe: Pipe) -> None:
             return
 
 
+def _bound_sends(pipe: Pipe, seconds: float) -> None:
+    """Make a write to `pipe` give up after `seconds` (SO_SNDTIMEO on its socket), so that
+    a stuck child cannot hold a caller, and the send lock, for ever. Where the pipe is not
+    a socket (Windows), writes stay unbounded."""
+    try:
+        sock = socket.socket(fileno=os.dup(pipe.fileno()))
+    except OSError:
+        return
+    with sock:
+        whole = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
 class _Waiter:
     """One caller waiting for its answer: a lock the reader thread releases."""
 
@@ -173,8 +188,9 @@ class _Child:
     answers (which calls `on_answer(child, id, answer)`, then `on_death(child)` at the end)."""
 
     def __init__(self, context: Any, number: int, on_answer: Callable[[_Child, int, str | None], None],
-                 on_death: Callable[[_Child], None]) -> None:
+                 on_death: Callable[[_Child], None], send_timeout: float) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
+        _bound_sends(parent_end, send_timeout)
         self.process = context.Process(target=_child_main, args=(child_end,),
                                        name=f"gapshape-verifier-{number}", daemon=True)
         self.process.start()
@@ -197,8 +213,14 @@ class _Child:
         self._on_death(self)
 
     def send(self, parts: list[bytes]) -> None:
+        """Write one frame; a child that has not taken it within the send timeout is stuck
+        (and the pipe may hold half a frame now): it is killed, and OSError raised."""
         with self.send_lock:
-            _write_frame(self.pipe.fileno(), parts)
+            try:
+                _write_frame(self.pipe.fileno(), parts)
+            except (BlockingIOError, TimeoutError):
+                self.process.kill()  # its reader then sees the end, and it is replaced
+                raise
 
     def stop(self, timeout: float) -> None:
         """Ask the process to exit, then make sure it has; close the pipe."""
@@ -259,7 +281,8 @@ class LoginVerifier:
         _open_verifiers.add(self)
 
     def _start_child(self) -> None:
-        child = _Child(self._context, next(self._numbers), self._answered, self._child_died)
+        child = _Child(self._context, next(self._numbers), self._answered, self._child_died,
+                       self.answer_timeout)
         with self._lock:
             self._children.append(child)
 

@@ -103,6 +103,23 @@ def test_a_killed_child_fails_its_checks_and_is_replaced(
     verifier.verify(*proof(alice, "alice"))
 
 
+def test_a_stuck_child_holds_no_caller_for_ever(verifiers: Callable[..., LoginVerifier],
+                                                 alice: RSA.RsaKey) -> None:
+    """A child that stops reading (SIGSTOP) while its pipe fills: every caller gets
+    VerifierUnavailable within the timeout, none hangs, and a new child takes over."""
+    verifier = verifiers(1, answer_timeout=0.5, respawn_pause=0.1)
+    [stuck] = verifier.child_pids()
+    os.kill(stuck, signal.SIGSTOP)
+    public_der, _, nonce, username, server_id = proof(alice, "alice")
+    big = (public_der, bytes(60_000), nonce, username, server_id)  # a few fill the pipe
+    outcomes = race([(lambda: verifier.verify(*big)) for _ in range(40)])
+    assert all(isinstance(outcome, VerifierUnavailable) for outcome in outcomes), outcomes
+    wait_until(lambda: [p for p in verifier.child_pids() if p != stuck],
+               what="a new verifier process")
+    wait_until(lambda: not process_exists(stuck), what="the stuck child gone")
+    verifier.verify(*proof(alice, "alice"))
+
+
 def test_close_ends_every_child(alice: RSA.RsaKey) -> None:
     verifier = LoginVerifier(2)
     pids = verifier.child_pids()
