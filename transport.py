@@ -62,7 +62,7 @@ class _Routing(threading.local):
 
 _routing = _Routing()
 _ABORT, _ABORT_LIMIT = "abort: budget", "abort: limit"
-_SEND_NOW, _SCHEDULE, _SEND_LATER = "send now", "schedule", "send later"
+_SCHEDULE, _SEND_LATER = "schedule", "send later"
 _WATCH = "watch"  # a direct send the socket took only part of: the writer sends the rest
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -153,43 +153,32 @@ class Connection:
         idle; a send that does not fit is left to the writer. Others (presence) wait for
         the writer's next presence tick, unless something urgent takes them along first.
         A frame for many clients goes through `fan_out`, which does the same for each."""
-        if urgent and _routing.lone_frame and self._io_lock is None:
+        if urgent and _routing.lone_frame:
             self.server.log.write_pending()  # logged before it leaves
             with self._out_lock:
-                action = self._push_plain(data)
-            if action is not None:
-                self._after_push(action)
-            return
-        with self._out_lock:
-            if self._closed:
-                return
-            direct = urgent and not self._chunks and not self._flushing and _routing.lone_frame
-            if direct:
-                self._flushing = True  # straight to the socket, without the queue
-            else:
-                action = self._enqueue(data, urgent)
-        if direct:  # TLS: the send needs the socket's own lock, not this one
-            self._send_direct(data)
-        elif action is not None:
+                action = self._push_now(data)
+        else:
+            with self._out_lock:
+                action = None if self._closed else self._enqueue(data, urgent)
+        if action is not None:
             self._after_push(action)
 
-    def _push_plain(self, data: bytes) -> object:
-        """The lone-frame push to a plain socket, with `_out_lock` held (the log already
-        written): sent at once if nothing is queued or being sent, else queued. The
-        socket does not block, so holding the lock over the send costs other pushers to
-        this client one send at most, and saves taking it twice. Returns what the caller
-        does once the lock is released (None: nothing)."""
+    def _push_now(self, data: bytes) -> object:
+        """The lone-frame push, with `_out_lock` held (the log already written): sent at
+        once if nothing is queued or being sent, else queued. The socket does not block,
+        so holding the lock over the send costs other pushers to this client one send at
+        most, and saves taking it twice; a TLS socket's `_io_lock` is taken inside it (never
+        the other way round). Returns what the caller does once the lock is released
+        (None: nothing)."""
         if self._closed:
             return None
         if self._chunks or self._flushing:
             return self._enqueue(data, True)
         try:
-            sent = self.sock.send(data)
-        except _WOULD_BLOCK:
-            sent = 0
-        except OSError as exc:
+            sent = self._send_some(data)
+        except ConnectionGone as gone:
             self._closed = True
-            return ConnectionGone(f"send failed: {exc.strerror or exc}")
+            return gone
         if sent == len(data):  # the common case
             return None
         self._chunks.append(data[sent:] if sent else data)
@@ -233,35 +222,6 @@ class Connection:
             return _SCHEDULE
         self._lazy = True
         return _SEND_LATER
-
-    def _send_direct(self, data: bytes) -> None:
-        """Send `data` while owning `_flushing`, nothing queued before it: the lone-frame
-        path without the queue. What the socket does not take is queued for the writer."""
-        server = self.server
-        server.log.write_pending()  # as in drain_owned: logged before it leaves
-        try:
-            sent = self._send_some(data)
-        except ConnectionGone as exc:
-            with self._out_lock:
-                self._closed = True
-                self._drop_queue()
-                self._flushing = False
-            self.abort(str(exc))
-            server.announce_drained()
-            return
-        with self._out_lock:
-            if sent == len(data) and not self._chunks:  # the common case: all sent, let go
-                self._flushing = False
-                done = True
-            else:
-                done = False
-                if sent < len(data) and not self._closed:
-                    self._chunks.insert(0, data[sent:])
-                    self._queued += len(data) - sent
-        if done:
-            server.announce_drained()
-        elif not self.drain_owned():
-            server.writer.watch(self)
 
     def _recount(self) -> bool:
         """Bring this outbox's share of the server-wide backlog budget up to date (caller
@@ -538,8 +498,7 @@ def fan_out(outboxes: Iterable[Any], data: bytes, urgent: bool = True) -> None:
     sent at once: the log written once before the first send instead of being checked
     once per member, and each member costs one lock with its send made under it. A frame
     of a batch is queued, one lock per member, for the flush that follows the batch.
-    Anything else (presence, a TLS socket's send, a member on another node of a cluster)
-    takes `push`."""
+    Presence, and a member on another node of a cluster, take `push`."""
     if not urgent:
         for outbox in outboxes:
             outbox.push(data, False)
@@ -552,14 +511,14 @@ def fan_out(outboxes: Iterable[Any], data: bytes, urgent: bool = True) -> None:
 def _send_to_each(outboxes: Iterable[Any], data: bytes) -> None:
     logged = False
     for conn in outboxes:
-        if conn.__class__ is not Connection or conn._io_lock is not None:
+        if conn.__class__ is not Connection:
             conn.push(data)
             continue
         if not logged:
             conn.server.log.write_pending()
             logged = True
         with conn._out_lock:
-            action = conn._push_plain(data)
+            action = conn._push_now(data)
         if action is not None:
             conn._after_push(action)
 

@@ -46,7 +46,6 @@ import auth
 
 log = logging.getLogger("gapshape.verifier")
 
-DEFAULT_PROCESSES = 1
 ANSWER_TIMEOUT = 30.0  # a check takes ~1.3 ms; this long means the child is stuck
 RESPAWN_PAUSE = 1.0  # between a child's death and its replacement, so a crash cannot spin
 MAX_FRAME = 64 * 1024  # far above a request (~1 KiB) or an answer; beyond it the pipe is broken
@@ -251,10 +250,8 @@ def _close_all() -> None:
 class LoginVerifier:
     """Checks login proofs in `processes` children (0: on one thread of this process)."""
 
-    def __init__(self, processes: int = DEFAULT_PROCESSES,
-                 answer_timeout: float = ANSWER_TIMEOUT,
+    def __init__(self, processes: int, answer_timeout: float = ANSWER_TIMEOUT,
                  respawn_pause: float = RESPAWN_PAUSE) -> None:
-        self.processes = processes
         self.answer_timeout = answer_timeout
         self.respawn_pause = respawn_pause
         self._closing = threading.Event()
