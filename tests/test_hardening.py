@@ -97,6 +97,33 @@ def test_slow_consumer_is_dropped_while_the_room_keeps_low_latency(
                           after=mark)
 
 
+def test_a_member_whose_socket_fails_during_a_fan_out_is_dropped_and_the_rest_get_it(
+    server_factory: Any, client_factory: Any, key_pool: Any
+) -> None:
+    """The fan-out's inlined send: a send that fails drops that member only."""
+    chat = server_factory()
+    alice = client_factory(chat, "alice")
+    bob = client_factory(chat, "bob")
+    carol = RawPeer(chat.address)  # reads nothing, so only the server's send can fail
+    carol.login("carol", key_pool.get(2))
+    bob.recorder.wait_for(lambda e: isinstance(e, UserJoined) and e.user == "carol")
+    # The server's end of carol's connection stops sending: its next send fails (EPIPE),
+    # while her reader, and her client, notice nothing.
+    member = chat.state.member("carol")
+    assert member is not None
+    member.outbox.sock.shutdown(socket.SHUT_WR)
+
+    for text in ("one", "two"):
+        alice.say(text)
+        bob.recorder.wait_for(lambda e, t=text: isinstance(e, RoomMessage) and e.text == t)
+        alice.recorder.wait_for(lambda e, t=text: isinstance(e, RoomMessage) and e.own
+                                and e.text == t)
+    departure = bob.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "carol")
+    assert departure.reason.startswith("send failed"), departure.reason
+    assert chat.state.member("carol") is None
+    carol.close()
+
+
 def test_a_client_that_pipelines_requests_and_reads_nothing_is_dropped(
     server_factory: Any, client_factory: Any, key_pool: Any
 ) -> None:
