@@ -876,21 +876,30 @@ NETWORK_ROWS: dict[str, Callable[[Bench, int], list[Row]]] = {
 }
 
 
+CPU_ID_FIELDS = ("cpu family", "model", "stepping", "microcode", "cache size")
+
+
 def machine() -> dict[str, Any]:
-    model = ""
+    # A hypervisor may show every CPU as "AMD EPYC": family, model and stepping still tell
+    # two CPU models apart (issue 14 asks for runs on two).
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = fields.get("model name", "")
+    cpu_id = ", ".join(f"{key} {fields[key]}" for key in CPU_ID_FIELDS if key in fields)
     try:
         import Crypto
         pycryptodome = Crypto.__version__
     except ImportError:
         pycryptodome = None
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+    return {"cores": os.cpu_count(), "cpu": model, "cpu_id": cpu_id,
+            "python": platform.python_version(),
             "load_average_at_start": os.getloadavg(),
             "implementation": platform.python_implementation(), "kernel": platform.release(),
             "pycryptodome": pycryptodome}
@@ -1076,7 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedians; ratio = median of Gapshape / baseline over runs measured back to back; "
           f"{elapsed:.0f} s on {info['cores']} cores, "
           f"{info['cpu']}, Python {info['python']}")
-    print(f"model name: {info['cpu']}")
+    print(f"model name: {info['cpu']} ({info['cpu_id']})")
     print(f"results written to {out}")
     return 0
 
