@@ -626,6 +626,17 @@ def _collect(posted: queue.Queue[Any], count: int) -> list[Any]:
     return [posted.get(timeout=5) for _ in range(count)]
 
 
+@pytest.fixture
+def shared_new_key(monkeypatch: pytest.MonkeyPatch, key_pool: Any) -> None:
+    """A new identity gets a shared test key. Making an RSA-3072 key took 0.8-2.8 s in ten
+    tries on an idle machine, and its time has a long tail: a CI run got the link's
+    Progress and then waited more than 5 s for the next event, with key generation the
+    only slow step between them."""
+    key = key_pool.get(0)  # made here, in the test's thread, before any wait starts
+    monkeypatch.setattr(identity, "_generate_key", lambda: key)
+
+
+@pytest.mark.usefixtures("shared_new_key")
 def test_link_posts_connected_before_the_connections_events(tmp_path: Path) -> None:
     posted: queue.Queue[Any] = queue.Queue()
     FakeClient.instances.clear()
@@ -644,6 +655,7 @@ def test_link_posts_connected_before_the_connections_events(tmp_path: Path) -> N
     assert FakeClient.instances[0].closed
 
 
+@pytest.mark.usefixtures("shared_new_key")
 def test_link_drops_events_of_a_replaced_connection(tmp_path: Path) -> None:
     posted: queue.Queue[Any] = queue.Queue()
     FakeClient.instances.clear()
@@ -667,6 +679,7 @@ def test_link_drops_events_of_a_replaced_connection(tmp_path: Path) -> None:
         history.contacts()
 
 
+@pytest.mark.usefixtures("shared_new_key")
 def test_link_reports_login_failures_and_offline_sends(tmp_path: Path) -> None:
     posted: queue.Queue[Any] = queue.Queue()
 
