@@ -130,7 +130,7 @@ FanOut = Callable[[Iterable[Outbox], bytes, bool], None]
 
 def push_each(outboxes: Iterable[Outbox], data: bytes, urgent: bool = True) -> None:
     """The plain fan-out, one `push` per outbox; the server passes its own
-    (`transport.fan_out`), which does the same with less work per member."""
+    (`fanout.FanOutSender`), which does the same with less work per member."""
     for outbox in outboxes:
         outbox.push(data, urgent)
 

@@ -38,13 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, cast
 
 from errors import ClusterUnavailable, GapshapeError, ServerFull
+from fanout import GIL_SWITCH_INTERVAL, FanOutSender
 from floodcontrol import FloodLedger, RegistrationQuota
 from gapshape_version import __version__
 from keyregistry import KeyRegistry, KeyRegistryError
 from messagelog import HISTORY_BUDGET, MessageLog, decode_line
 from protocol import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from rooms import MAX_NOTE_CHARS, MAX_TEXT_CHARS, ChatState
-from transport import BacklogBudget, Connection, Writer, fan_out
+from transport import BacklogBudget, Connection, Writer
 from userstore import MailboxLimits, UserStore
 from verifier import LoginVerifier, default_processes
 
@@ -126,7 +127,8 @@ class ChatServer:
 
             self.registry, self.registrations, self.flood, self.users = open_shared_stores(
                 config, limits)  # seeds the quota only if Redis lost its window
-        options: dict[str, Any] = {"server_id": self.server_id, "fan_out": fan_out,
+        self.fan_out = FanOutSender(self.log)  # its helper thread shares big rooms' sends
+        options: dict[str, Any] = {"server_id": self.server_id, "fan_out": self.fan_out,
                                    "registered_name": self._registered_name, "limits": {
             "rate": config.rate, "burst": config.burst, "max_frame": config.max_frame_size,
             "max_text": MAX_TEXT_CHARS, "max_note": MAX_NOTE_CHARS}}
@@ -167,6 +169,7 @@ class ChatServer:
             except Exception:
                 self._listener.close()
                 self.verifier.close()
+                self.fan_out.stop()
                 raise
 
     def _registered_name(self, name: str) -> str | None:
@@ -283,6 +286,7 @@ class ChatServer:
         with self._conn_gone:
             self._conn_gone.wait_for(lambda: not self._connections, timeout=0.7)
         self.writer.stop()
+        self.fan_out.stop()
         self.verifier.close()
         if self.link is not None:
             self.link.stop()
@@ -774,6 +778,7 @@ def report_startup_error(prog: str, exc: StartupError, verbose: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)  # this process's threads share sends (fanout.py)
     try:
         handler = setup_logging(args.console_log, args.verbose)
         config = config_from_args(args)

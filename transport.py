@@ -10,7 +10,8 @@ connections whose socket was full.
 - The state pushes encoded frames into the recipients' outboxes (`Connection.push`): a
   bounded list of byte strings.
 - A frame that arrived alone (nothing else waiting to be read) is sent at once into every
-  idle outbox's socket with a non-blocking `send`: the lowest latency at low load.
+  idle outbox's socket with a non-blocking `send`: the lowest latency at low load. A room
+  is served by `fanout.FanOutSender`, which shares a big room's sends with a second thread.
 - Frames that arrived together are queued, and after the batch the reader calls
   `ChatServer.flush()`: every outbox with data goes out with one non-blocking `send` of all
   its frames joined, so under load a send carries many frames.
@@ -38,7 +39,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from errors import ProtocolError
 from protocol import FrameDecoder, encode_frame
@@ -60,7 +61,7 @@ class _Routing(threading.local):
     lone_frame = False  # set by a reader thread while it handles a frame that came alone
 
 
-_routing = _Routing()
+routing = _Routing()
 _ABORT, _ABORT_LIMIT = "abort: budget", "abort: limit"
 _SCHEDULE, _SEND_LATER = "schedule", "send later"
 _WATCH = "watch"  # a direct send the socket took only part of: the writer sends the rest
@@ -152,14 +153,29 @@ class Connection:
         lone frame (nothing else waiting to be read: no batch to gather) and this outbox is
         idle; a send that does not fit is left to the writer. Others (presence) wait for
         the writer's next presence tick, unless something urgent takes them along first.
-        A frame for many clients goes through `fan_out`, which does the same for each."""
-        if urgent and _routing.lone_frame:
+        A frame for many clients goes through `fanout.FanOutSender`, which does the same
+        for each."""
+        if urgent and routing.lone_frame:
             self.server.log.write_pending()  # logged before it leaves
-            with self._out_lock:
-                action = self._push_now(data)
+            self.send_now(data)
         else:
             with self._out_lock:
                 action = None if self._closed else self._enqueue(data, urgent)
+            if action is not None:
+                self._after_push(action)
+
+    def send_now(self, data: bytes) -> None:
+        """Push's lone-frame path, for a caller that has written the log: sent at once if
+        the outbox is idle, else queued (`_push_now`)."""
+        with self._out_lock:
+            action = self._push_now(data)
+        if action is not None:
+            self._after_push(action)
+
+    def queue_urgent(self, data: bytes) -> None:
+        """Push's batch path: queued for the flush that follows the batch."""
+        with self._out_lock:
+            action = None if self._closed else self._enqueue(data, True)
         if action is not None:
             self._after_push(action)
 
@@ -415,11 +431,11 @@ class Connection:
                 return
             # A lone frame is routed with direct sends (lowest latency); a batch is queued
             # and flushed together, one send per client for the whole batch (throughput).
-            _routing.lone_frame = self.decoder.buffered == 0
+            routing.lone_frame = self.decoder.buffered == 0
             try:
                 self.session.receive(frame)
             finally:
-                _routing.lone_frame = False
+                routing.lone_frame = False
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
@@ -490,48 +506,6 @@ class Connection:
             pass
         self.server.forget(self)
         self.server.writer.trimmer.note_ended()
-
-
-def fan_out(outboxes: Iterable[Any], data: bytes, urgent: bool = True) -> None:
-    """The same frame to many outboxes (a room's members): what `Connection.push` does for
-    each, with its two urgent paths inlined (docs/PERFORMANCE.md, run 5). A lone frame is
-    sent at once: the log written once before the first send instead of being checked
-    once per member, and each member costs one lock with its send made under it. A frame
-    of a batch is queued, one lock per member, for the flush that follows the batch.
-    Presence, and a member on another node of a cluster, take `push`."""
-    if not urgent:
-        for outbox in outboxes:
-            outbox.push(data, False)
-    elif _routing.lone_frame:
-        _send_to_each(outboxes, data)
-    else:
-        _queue_for_each(outboxes, data)
-
-
-def _send_to_each(outboxes: Iterable[Any], data: bytes) -> None:
-    logged = False
-    for conn in outboxes:
-        if conn.__class__ is not Connection:
-            conn.push(data)
-            continue
-        if not logged:
-            conn.server.log.write_pending()
-            logged = True
-        with conn._out_lock:
-            action = conn._push_now(data)
-        if action is not None:
-            conn._after_push(action)
-
-
-def _queue_for_each(outboxes: Iterable[Any], data: bytes) -> None:
-    for conn in outboxes:
-        if conn.__class__ is not Connection:
-            conn.push(data)
-            continue
-        with conn._out_lock:
-            action = None if conn._closed else conn._enqueue(data, True)
-        if action is not None:
-            conn._after_push(action)
 
 
 # Windows' select() takes at most 512 sockets per call (CPython's FD_SETSIZE there); a

@@ -100,7 +100,7 @@ def test_slow_consumer_is_dropped_while_the_room_keeps_low_latency(
 def test_a_member_whose_socket_fails_during_a_fan_out_is_dropped_and_the_rest_get_it(
     server_factory: Any, client_factory: Any, key_pool: Any
 ) -> None:
-    """A lone frame's fan-out (`transport._send_to_each`): a send that fails drops that
+    """A lone frame's fan-out (`fanout.FanOutSender`): a send that fails drops that
     member only."""
     chat = server_factory()
     alice = client_factory(chat, "alice")
