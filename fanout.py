@@ -5,10 +5,13 @@ member what `transport.Connection.push` does, with push's two urgent paths inlin
 
 - A frame that arrived alone (nothing else waiting to be read) is sent at once: the log
   written once before the first send, then one lock and one non-blocking `send` per
-  member. For a big room the sends are shared with a helper thread: a `send` releases
-  the GIL while the kernel copies the frame into the member's socket (most of the ~8 µs
-  a member costs), so on a machine with a second core two threads sending from one list
-  of members finish in a little over half the time (docs/PERFORMANCE.md, run 7).
+  member. For a big room on a quiet server the sends are shared with a helper thread: a
+  `send` releases the GIL while the kernel copies the frame into the member's socket
+  (most of the ~8 µs a member costs), so on a machine with a second core two threads
+  sending from one list of members finish sooner. Under load the other core is busy
+  with other readers and the helper only adds hand-offs of the GIL (20 % fewer
+  deliveries/s at N=100 when it always shared), so a fan-out that comes right after
+  the previous one sends alone (docs/PERFORMANCE.md, run 7).
 - A frame of a batch is queued, one lock per member, for the flush after the batch.
 - Presence waits for the writer (`push(data, False)`), and a member on another node of
   a cluster (not a `Connection`) takes its own `push`.
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from transport import Connection, routing
@@ -30,12 +35,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gapshape.server")
 
-# How long a thread waiting for the GIL waits before asking for it (CPython's default is 5
-# ms). Two threads sending to one room take the GIL in turns between their sends; when one
-# keeps winning it back, the other starves until this interval ends, which at 5 ms was
-# most of a fan-out's p99.9 (docs/PERFORMANCE.md, run 7). Set by server.main for its
-# process.
+# How long a thread waiting for the GIL waits before asking for it while a fan-out is
+# shared (CPython's default is 5 ms). The two threads take the GIL in turns between their
+# sends; when one keeps winning it back, the other starves until this interval ends, which
+# at 5 ms was most of a fan-out's p99.9 (docs/PERFORMANCE.md, run 7). Only while shared:
+# for the whole process it cost 15-25 % of deliveries/s under load, every reader thread
+# asking for the GIL ten times as often.
 GIL_SWITCH_INTERVAL = 0.0005
+
+# A fan-out that begins sooner than this after the previous one ended finds the server
+# under load: it sends alone. At 200 messages/s fan-outs are 5 ms apart; under the
+# throughput load, well under a millisecond.
+QUIET_GAP = 0.001
 
 # Below this many members the helper's wake-up (tens of µs) costs more than the sends it
 # would take over (~8 µs each).
@@ -51,15 +62,18 @@ class FanOutSender:
         if share is None:
             share = (os.cpu_count() or 1) > 1
         self._helper = _SendHelper() if share else None
+        self._last_end = 0.0  # time.monotonic() when the last urgent fan-out ended
 
     def __call__(self, outboxes: Iterable[Any], data: bytes, urgent: bool = True) -> None:
         if not urgent:
             for outbox in outboxes:
                 outbox.push(data, False)
-        elif routing.lone_frame:
+            return
+        if routing.lone_frame:
             self._send_to_each(outboxes, data)
         else:
             _queue_for_each(outboxes, data)
+        self._last_end = time.monotonic()
 
     def stop(self) -> None:
         if self._helper is not None:
@@ -72,7 +86,9 @@ class FanOutSender:
         self._log.write_pending()  # logged before it leaves: whatever is received survives
         shared = iter(members)     # a list iterator hands each member to one thread only
         helper = self._helper
-        if helper is not None and len(members) >= SHARE_MIN and helper.start(shared, data):
+        if (helper is not None and len(members) >= SHARE_MIN
+                and time.monotonic() - self._last_end >= QUIET_GAP
+                and helper.start(shared, data)):
             try:
                 _send_from(shared, data)
             finally:
@@ -113,6 +129,7 @@ class _SendHelper:
         self._taken = threading.Lock()
         self._job: tuple[Iterator[Any], bytes] | None = None
         self._stopping = False
+        self._usual_switch_interval = sys.getswitchinterval()
         self._thread = threading.Thread(target=self._run, name="gapshape-fan-out", daemon=True)
         self._thread.start()
 
@@ -125,12 +142,15 @@ class _SendHelper:
             self._taken.release()
             return False
         self._job = (members, data)
+        self._usual_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self._go.release()
         return True
 
     def wait(self) -> None:
         """Return once the helper is done with the fan-out it was given."""
         self._done.acquire()
+        sys.setswitchinterval(self._usual_switch_interval)
         self._taken.release()
 
     def stop(self) -> None:

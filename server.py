@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, cast
 
 from errors import ClusterUnavailable, GapshapeError, ServerFull
-from fanout import GIL_SWITCH_INTERVAL, FanOutSender
+from fanout import FanOutSender
 from floodcontrol import FloodLedger, RegistrationQuota
 from gapshape_version import __version__
 from keyregistry import KeyRegistry, KeyRegistryError
@@ -778,7 +778,6 @@ def report_startup_error(prog: str, exc: StartupError, verbose: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)  # this process's threads share sends (fanout.py)
     try:
         handler = setup_logging(args.console_log, args.verbose)
         config = config_from_args(args)

@@ -6,14 +6,16 @@ server with a room big enough to share, and records which thread made each send.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
 
+import fanout
 import transport
-from fanout import SHARE_MIN, FanOutSender
+from fanout import GIL_SWITCH_INTERVAL, SHARE_MIN, FanOutSender
 from hostile_net import WAIT, RawPeer
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,7 +84,44 @@ def test_a_big_room_s_sends_are_shared_and_each_member_gets_the_frame_once(fan_o
     assert set(book.threads) == {threading.current_thread().name, "gapshape-fan-out"}
 
 
-def test_frames_reach_each_member_in_the_order_they_were_fanned_out(fan_out: Any) -> None:
+def test_the_gil_is_handed_over_sooner_only_while_a_fan_out_is_shared(fan_out: Any) -> None:
+    usual = sys.getswitchinterval()
+    book = _Book(SHARE_MIN * 2, wait_for_second_thread=True)
+    seen: list[float] = []
+    first = book.outboxes[0]
+
+    def recording_push(data: bytes, urgent: bool = True) -> None:
+        seen.append(sys.getswitchinterval())
+        book.pushed(first.index, data)
+
+    first.push = recording_push  # type: ignore[method-assign]
+    _lone_frame(fan_out, book.outboxes, b"frame")
+    assert seen == [GIL_SWITCH_INTERVAL]
+    assert sys.getswitchinterval() == usual
+
+
+def test_a_fan_out_right_after_another_is_sent_alone_and_a_quiet_one_shares_again(
+    fan_out: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load (fan-outs back to back) the helper would only add GIL hand-offs."""
+    first = _Book(SHARE_MIN * 2, wait_for_second_thread=True)
+    _lone_frame(fan_out, first.outboxes, b"first")  # the first is quiet: shared
+    assert "gapshape-fan-out" in first.threads
+    monkeypatch.setattr(fanout, "QUIET_GAP", 3600.0)  # every later one is "right after"
+    busy = _Book(SHARE_MIN * 2, wait_for_second_thread=False)
+    _lone_frame(fan_out, busy.outboxes, b"busy")
+    assert all(got == [b"busy"] for got in busy.received)
+    assert set(busy.threads) == {threading.current_thread().name}
+    monkeypatch.setattr(fanout, "QUIET_GAP", 0.0)
+    quiet = _Book(SHARE_MIN * 2, wait_for_second_thread=True)
+    _lone_frame(fan_out, quiet.outboxes, b"quiet")
+    assert "gapshape-fan-out" in quiet.threads
+
+
+def test_frames_reach_each_member_in_the_order_they_were_fanned_out(
+    fan_out: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "QUIET_GAP", 0.0)  # back to back, and shared all the same
     book = _Book(SHARE_MIN * 3, wait_for_second_thread=False)
     frames = [f"frame {i}".encode() for i in range(200)]
     for frame in frames:
@@ -177,6 +216,8 @@ def test_a_real_room_gets_every_message_in_order_with_the_helper_sending(
         real_send_now(self, data)
 
     monkeypatch.setattr(transport.Connection, "send_now", counting_send_now)
+    # The talker's next message comes well within a millisecond of its echo: shared anyway.
+    monkeypatch.setattr(fanout, "QUIET_GAP", 0.0)
     chat = server_factory(rate=0, max_names_per_key=SHARE_MIN * 2,
                           registrations_per_address=SHARE_MIN * 2)
     key = key_pool.get(0)
