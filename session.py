@@ -87,6 +87,8 @@ class Session:
         if self.member is not None:
             self.server.state.logout(self.member, reason)
             log.info("disconnect %s (%s): %s", self.member.name, self.conn.peer, reason)
+        else:
+            log.debug("closed %s before login: %s", self.conn.peer, reason)
 
     def push(self, data: bytes) -> None:
         self.conn.push(data)

@@ -1,8 +1,11 @@
 """Shared fixtures: RSA identity keys are slow to make, so a session-wide pool hands them out."""
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+PRESET_KEYS = 7  # tests name pool indices 0-6 directly (5 and 6 as "someone else's key")
+
+
 class KeyPool:
-    """Lazily generated RSA-3072 keys, made once per test session and reused by index."""
+    """RSA-3072 keys, made once per test session and reused by index.
+
+    The first request makes the first PRESET_KEYS at once, on every core. Made one by
+    one on demand, a key could be generated while a test holds a raw connection that has
+    not logged in yet (`RawPeer(address).login(name, pool.get(n))` connects first), and
+    RSA-3072 generation varies enough (two keys once took 11 s on CI) to outlast the
+    server's 10 s login timeout. Indices beyond the preset are made on demand."""
 
     def __init__(self) -> None:
         self._keys: list[RSA.RsaKey] = []
@@ -22,9 +34,23 @@ class KeyPool:
 
     def get(self, index: int) -> RSA.RsaKey:
         with self._lock:
+            if not self._keys:
+                self._keys = _generate_keys(PRESET_KEYS)
             while len(self._keys) <= index:
                 self._keys.append(RSA.generate(3072))
             return self._keys[index]
+
+
+def _new_key_der(_: int) -> bytes:
+    return RSA.generate(3072).export_key(format="DER")  # RsaKey itself does not pickle
+
+
+def _generate_keys(count: int) -> list[RSA.RsaKey]:
+    # spawn, not fork: tests may have server threads running when the pool is first used.
+    context = multiprocessing.get_context("spawn")
+    workers = max(1, min(count, os.cpu_count() or 1))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return [RSA.import_key(der) for der in pool.map(_new_key_der, range(count))]
 
 
 _POOL = KeyPool()
