@@ -22,11 +22,12 @@ PRESET_KEYS = 7  # tests name pool indices 0-6 directly (5 and 6 as "someone els
 class KeyPool:
     """RSA-3072 keys, made once per test session and reused by index.
 
-    The first request makes the first PRESET_KEYS at once, on every core. Made one by
-    one on demand, a key could be generated while a test holds a raw connection that has
-    not logged in yet (`RawPeer(address).login(name, pool.get(n))` connects first), and
-    RSA-3072 generation varies enough (two keys once took 11 s on CI) to outlast the
-    server's 10 s login timeout. Indices beyond the preset are made on demand."""
+    The `key_pool` fixture makes the first PRESET_KEYS before the test that first asks for
+    it begins, on every core. Made on demand, a key could be generated while a test holds a
+    raw connection that has not logged in yet (`RawPeer(address).login(name, pool.get(n))`
+    connects first), and RSA-3072 generation varies enough (two keys once took 11 s on CI)
+    to outlast the server's 10 s login timeout. Indices beyond the preset are made on
+    demand."""
 
     def __init__(self) -> None:
         self._keys: list[RSA.RsaKey] = []
@@ -58,6 +59,7 @@ _POOL = KeyPool()
 
 @pytest.fixture(scope="session")
 def key_pool() -> KeyPool:
+    _POOL.get(PRESET_KEYS - 1)  # now, not inside the test (the class docstring says why)
     return _POOL
 
 
