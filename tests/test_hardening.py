@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import transport
 from client import ErrorEvent, RoomMessage, UserJoined, UserLeft
 from hostile_net import WAIT, RawPeer, ServerProcess, error_codes, percentile, wait_until
 from protocol import HEADER, PROTOCOL_VERSION, encode_frame
@@ -143,6 +144,29 @@ def test_a_client_that_pipelines_requests_and_reads_nothing_is_dropped(
             break
     departure = alice.recorder.wait_for(lambda e: isinstance(e, UserLeft) and e.user == "greedy")
     assert departure.reason.startswith("slow consumer")
+
+
+def test_the_outbox_limit_holds_for_the_frames_of_one_batch(
+    server_factory: Any, key_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Within a batch, frames after the first take `Connection.queue_urgent`'s short path
+    (the outbox already due for the flush): it too must drop a client whose outbox passes
+    `outbox_limit`, even a limit below the backlog budget's free allowance."""
+    caplog.set_level(logging.INFO, logger=SERVER_LOGGER)
+    limit = 32 * 1024  # room for the login's own frames
+    assert limit < transport.BACKLOG_FREE
+    chat = server_factory(rate=0, outbox_limit=limit)
+    quiet = RawPeer(chat.address)
+    quiet.login("quiet", key_pool.get(2))
+    member = chat.state.member("quiet")
+    assert member is not None
+    frame = encode_frame({"type": "notice", "text": "x" * 1000})
+    # This thread is no reader, so nothing flushes in between: the frames pile up.
+    for _ in range(limit // len(frame) + 2):
+        member.outbox.queue_urgent(frame)
+    quiet.wait_closed()
+    wait_until(lambda: chat.state.member("quiet") is None, what="quiet still a member")
+    assert any("slow consumer" in r.getMessage() for r in server_records(caplog, "quiet"))
 
 
 def test_an_oversized_frame_is_refused_from_its_header_alone(server_factory: Any,
