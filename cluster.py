@@ -32,9 +32,9 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, cast
 
-from errors import ClusterUnavailable, DoNotDisturb, RequestError
+from errors import ClusterUnavailable, DoNotDisturb, GapshapeError, RequestError
 from rooms import (
     COMMON_ROOM,
     ChatState,
@@ -254,6 +254,18 @@ class ClusterChat(ChatState):
                 raise RequestError(f"you are not in {room}; join it first")
         op = {"op": "message", "room": room, "text": text, "ref": ref}
         return int(self._submit_for(member, op, numbered=True))
+
+    def post_run(self, member: Member, room: str,
+                 messages: Sequence[tuple[str, str | None]]) -> list[tuple[int, GapshapeError]]:
+        """One by one: each message is its own operation on the cluster's stream, and any
+        of them may fail on its own."""
+        refused: list[tuple[int, GapshapeError]] = []
+        for index, (text, ref) in enumerate(messages):
+            try:
+                self.post(member, text, ref, room)
+            except GapshapeError as error:
+                refused.append((index, error))
+        return refused
 
     def set_status(self, member: Member, status_word: str, note: str | None = None) -> None:
         self._submit_for(member, {"op": "status", "status": normalize_status(status_word),

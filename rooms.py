@@ -27,9 +27,17 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
-from errors import DoNotDisturb, InvalidName, NameTaken, QueueFull, RequestError, UnknownUser
+from errors import (
+    DoNotDisturb,
+    GapshapeError,
+    InvalidName,
+    NameTaken,
+    QueueFull,
+    RequestError,
+    UnknownUser,
+)
 from logformat import line_around
 from presence import BATCH_FROM, PresenceBatcher
 from protocol import (
@@ -428,21 +436,58 @@ class ChatState:
         with self.lock:
             if room not in member.rooms:
                 raise RequestError(f"you are not in {room}; join it first")
-            message_id = self.journal.allocate_id()
-            now = self.clock()
-            # One JSON encoding for the frame and the log line: they share every field.
-            fields = {"id": message_id, "room": room, "user": member.name, "text": text,
-                      "time": now}
-            members = encode_members(fields)
-            record = {"event": "message", **fields}
-            self.journal.append(record, line_around(record, members))
-            data = frame_around("message", members)
+            message_id, data = self._log_message(member, room, text)
             if ref is None:
                 self._push_room(room, data)
             else:  # the label is the sender's own: others must not see it (or count it)
                 self._push_room(room, data, skip=member)
                 member.outbox.push(with_field(data, "ref", ref))
             return message_id
+
+    def post_run(self, member: Member, room: str,
+                 messages: Sequence[tuple[str, str | None]]) -> list[tuple[int, GapshapeError]]:
+        """Post messages that one member sent in a row to one room (`room` and each text
+        already checked by `room_to_post`), each `(text, ref)`: their ids follow each other,
+        each is logged, and each member gets their frames as one block, one queue operation
+        per member instead of one per message (the largest cost of a busy room,
+        docs/PERFORMANCE.md, run 8). Returns the messages not sent, by index, with why:
+        here all of them or none."""
+        with self.lock:
+            if room not in member.rooms:
+                refusal = RequestError(f"you are not in {room}; join it first")
+                return [(index, refusal) for index in range(len(messages))]
+            frames: list[bytes] = []
+            echoes: list[bytes] = []  # the sender's copies, with their refs
+            try:
+                for text, ref in messages:
+                    data = self._log_message(member, room, text)[1]
+                    frames.append(data)
+                    echoes.append(data if ref is None else with_field(data, "ref", ref))
+            finally:  # what was logged is sent, whatever stopped the rest
+                self._push_run(member, room, frames, echoes)
+        return []
+
+    def _log_message(self, member: Member, room: str, text: str) -> tuple[int, bytes]:
+        """Give a message its id and log it (caller holds the lock); its id and frame."""
+        message_id = self.journal.allocate_id()
+        # One JSON encoding for the frame and the log line: they share every field.
+        fields = {"id": message_id, "room": room, "user": member.name, "text": text,
+                  "time": self.clock()}
+        members = encode_members(fields)
+        record = {"event": "message", **fields}
+        self.journal.append(record, line_around(record, members))
+        return message_id, frame_around("message", members)
+
+    def _push_run(self, member: Member, room: str, frames: list[bytes],
+                  echoes: list[bytes]) -> None:
+        if not frames:
+            return
+        block = frames[0] if len(frames) == 1 else b"".join(frames)
+        if echoes == frames:  # no refs: the sender's echo is everyone's block
+            self._push_room(room, block)
+            return
+        self._push_room(room, block, skip=member)
+        member.outbox.push(b"".join(echoes))
 
     def set_status(self, member: Member, status_word: str, note: str | None = None) -> None:
         """Change a status; everyone who shares a room with the member hears it once."""

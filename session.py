@@ -42,7 +42,7 @@ from errors import (
 from floodcontrol import TokenBucket
 from keyregistry import RegistrationRefused
 from protocol import MAX_REF_CHARS, PROTOCOL_VERSION, Frame, encode_frame, validate_request
-from rooms import TAKEOVER_REASON, Member, validate_name
+from rooms import MAX_TEXT_CHARS, TAKEOVER_REASON, Member, validate_name
 from verifier import VerifierUnavailable
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ log = logging.getLogger("gapshape.server")
 class Session:
     """The chat side of one connection: who it is logged in as, and what it may do."""
 
-    __slots__ = ("conn", "server", "member", "user_bucket", "address_bucket", "_pending_login")
+    __slots__ = ("conn", "server", "member", "user_bucket", "address_bucket", "_pending_login",
+                 "_run", "_run_room", "_run_chars")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -65,20 +66,34 @@ class Session:
         self.address_bucket: TokenBucket | None = self.server.flood.address(conn.ip)
         self.user_bucket: TokenBucket | None = None
         self._pending_login: dict[str, Any] | None = None
+        # Messages of the frames being read, gathered to be posted together: to one room,
+        # in the order sent, with nothing else from this client between them.
+        self._run: list[tuple[str, str | None]] = []  # (text, ref)
+        self._run_room = ""
+        self._run_chars = 0
 
     @property
     def logged_in(self) -> bool:
         return self.member is not None
 
     def receive(self, frame: Frame) -> None:
-        """Carry out one frame from the client; errors become `error` frames."""
+        """Carry out one frame from the client; errors become `error` frames. A message
+        may wait for `end_batch` (the transport calls it once no frame read is left)."""
         try:
+            if self._run and frame.get("type") != "message":
+                self._post_run()  # what this client sent first is done first
             self._dispatch(frame)
         except GapshapeError as error:
+            self._post_run()  # the error comes after the earlier messages' echoes
             self._report(error, frame)
+
+    def end_batch(self) -> None:
+        """The frames read so far are handled: post the messages gathered among them."""
+        self._post_run()
 
     def report_bad_frame(self, error: ProtocolError) -> None:
         """Bad frames are paced like good ones, so junk cannot buy error frames faster."""
+        self._post_run()
         if error.fatal or self._pace():
             self._report(error, None)
 
@@ -131,6 +146,7 @@ class Session:
         # Behind this frame wait others already read: how long until the last is handled.
         allowed = int(flood.kick_after * flood.rate) + 1
         backlog = wait + self.conn.frames_waiting(allowed) / flood.rate
+        self._post_run()  # what is already handled does not wait with this frame
         if backlog > flood.kick_after:
             reason = (f"flooding: sending far faster than {flood.rate:g} messages a second "
                       "for too long")
@@ -224,7 +240,25 @@ class Session:
             raise RegistrationLimited(f"the username cannot be registered: {refusal}")
 
     def on_message(self, frame: Frame) -> None:
-        self.server.state.post(self._me, frame["text"], frame.get("ref"), frame.get("room"))
+        """Gathered into the run of messages that `_post_run` posts together (one queue
+        operation per member for the run, docs/PERFORMANCE.md, run 8)."""
+        text = frame["text"]
+        room = self.server.state.room_to_post(self._me, text, frame.get("room"))
+        if self._run and (room != self._run_room or len(self._run) >= MAX_RUN_MESSAGES
+                          or self._run_chars + len(text) > MAX_RUN_CHARS):
+            self._post_run()
+        self._run.append((text, frame.get("ref")))
+        self._run_room = room
+        self._run_chars += len(text)
+
+    def _post_run(self) -> None:
+        run = self._run
+        if not run:
+            return
+        self._run = []
+        self._run_chars = 0
+        for index, error in self.server.state.post_run(self._me, self._run_room, run):
+            self._report(error, {"type": "message", "ref": run[index][1]})
 
     def on_join(self, frame: Frame) -> None:
         self.server.state.join(self._me, frame["room"])
@@ -295,6 +329,11 @@ def _b64decode(value: str, field: str) -> bytes:
 
 
 _BEFORE_LOGIN = {"hello", "auth", "ping", "pong", "quit"}
+# A run of messages waits in its session while the reader handles one read: 32 short
+# messages at most, or their texts up to the longest one message may have (a longer
+# message is a run of its own), so a run holds under 48 KiB (docs/SECURITY.md).
+MAX_RUN_MESSAGES = 32
+MAX_RUN_CHARS = MAX_TEXT_CHARS
 MAX_ACK_IDS = 1000
 DEFAULT_HISTORY_PAGE = 50
 _HANDLERS: dict[str, Callable[[Session, Frame], None]] = {

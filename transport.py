@@ -433,21 +433,28 @@ class Connection:
         return data
 
     def _process_frames(self) -> None:
-        while not self._stop:
-            try:
-                frame = self.decoder.next_frame()
-            except ProtocolError as error:  # a bad body was skipped; a fatal one stops us
-                self.session.report_bad_frame(error)
-                continue
-            if frame is None:
-                return
-            # A lone frame is routed with direct sends (lowest latency); a batch is queued
-            # and flushed together, one send per client for the whole batch (throughput).
-            routing.lone_frame = self.decoder.buffered == 0
-            try:
-                self.session.receive(frame)
-            finally:
-                routing.lone_frame = False
+        try:
+            while not self._stop:
+                try:
+                    frame = self.decoder.next_frame()
+                except ProtocolError as error:  # a bad body was skipped; a fatal one stops us
+                    self.session.report_bad_frame(error)
+                    continue
+                if frame is None:
+                    return
+                # A lone frame is routed with direct sends (lowest latency); a batch is
+                # queued and flushed together, one send per client for the whole batch
+                # (throughput). The last frame read ends the batch, and what the session
+                # gathered in it (a run of messages) goes out with the lone frame's sends.
+                routing.lone_frame = self.decoder.buffered == 0
+                try:
+                    self.session.receive(frame)
+                    if routing.lone_frame:
+                        self.session.end_batch()
+                finally:
+                    routing.lone_frame = False
+        finally:  # cut short (by half a frame still to come, or a close): queued instead
+            self.session.end_batch()
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()

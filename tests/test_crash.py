@@ -228,9 +228,12 @@ def test_sigterm_under_load_says_bye_exits_in_2s_and_keeps_every_acknowledged_me
 
 
 def send_batch(client: Any, frame: dict[str, Any]) -> None:
-    """`frame` and a ping in one write: the server reads them in one go."""
+    """`frame` and two pings in one write: the server reads them in one go. A message waits
+    for the next frame that is not one (session.Session's run of messages), so the first
+    ping posts it, inside the batch; the second is the batch's last, lone frame."""
+    ping = encode_frame({"type": "ping"})
     with client._send_lock:
-        client._sock.sendall(encode_frame(frame) + encode_frame({"type": "ping"}))
+        client._sock.sendall(encode_frame(frame) + ping + ping)
 
 
 def test_no_client_receives_a_message_before_it_is_in_the_log(
@@ -269,7 +272,7 @@ def test_no_client_receives_a_message_before_it_is_in_the_log(
     monkeypatch.setattr(chat.state, "list_room", arming_list_room)
     monkeypatch.setattr(chat.log, "write_pending", gated_write_pending)
     try:
-        # Each request travels with a ping in one write, so the server routes it as part of
+        # Each request travels with pings in one write, so the server routes it as part of
         # a batch: queued, then flushed after the batch, the path where this race lived.
         # (A frame that arrives alone is sent at once by the routing thread instead.)
         send_batch(bob, {"type": "list"})

@@ -1,5 +1,7 @@
-"""The routing path's shortcuts give what the plain way gives: the clock's text, and the
-frames a room's members and the sender get for one message."""
+"""The routing path's shortcuts give what the plain way gives: the clock's text, the
+frames a room's members and the sender get for one message, and for a run of messages
+posted together (`ChatState.post_run`, which a session uses for a batch of frames read at
+once)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from messagelog import MessageLog
-from protocol import FrameDecoder
+from protocol import FrameDecoder, encode_frame
+from rawclient import RawClient
 from rooms import ChatState, utc_now
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -17,9 +20,11 @@ ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 class Outbox:
     def __init__(self) -> None:
         self.frames: list[dict] = []
+        self.pushes = 0
         self.decoder = FrameDecoder()
 
     def push(self, data: bytes, urgent: bool = True) -> None:
+        self.pushes += 1
         self.frames.extend(self.decoder.feed(data))
 
 
@@ -78,3 +83,114 @@ def test_the_log_line_holds_the_fields_the_frame_carries(tmp_path: Path) -> None
     assert [{k: v for k, v in r.items() if k != "event"} for r in reopened.history("#common")] \
         == [{k: v for k, v in frame.items() if k != "type"}]
     reopened.close()
+
+
+def test_a_run_is_logged_message_by_message_and_reaches_each_member_in_one_push(
+        tmp_path: Path) -> None:
+    path = tmp_path / "messages.jsonl"
+    journal = MessageLog(path)
+    state = ChatState(journal)
+    boxes = [Outbox() for _ in range(4)]
+    members = [state.login(f"user{i}", box)[0] for i, box in enumerate(boxes)]
+    for box in boxes:
+        box.frames.clear()
+        box.pushes = 0
+    texts = ["one", "two", "three"]
+    assert state.post_run(members[0], "#common", [("one", "r1"), ("two", None),
+                                                  ("three", "r3")]) == []
+    [sender, *others] = boxes
+    assert sender.pushes == 1 and all(box.pushes == 1 for box in others)
+    ids = [f["id"] for f in others[0].frames]
+    assert ids == list(range(ids[0], ids[0] + 3))
+    assert all([f["text"] for f in box.frames] == texts for box in boxes)
+    assert all(box.frames == others[0].frames for box in others)
+    assert [f.get("ref") for f in sender.frames] == ["r1", None, "r3"]
+    assert [{k: v for k, v in f.items() if k != "ref"} for f in sender.frames] \
+        == others[0].frames
+    journal.close()
+    logged = [json.loads(line) for line in path.read_bytes().split(b"\n") if line]
+    assert [(r["id"], r["text"]) for r in logged if r["event"] == "message"] \
+        == list(zip(ids, texts, strict=True))
+
+
+def test_a_run_to_a_room_the_sender_left_is_refused_whole_and_logs_nothing(
+        tmp_path: Path) -> None:
+    path = tmp_path / "messages.jsonl"
+    journal = MessageLog(path)
+    state = ChatState(journal)
+    box, other = Outbox(), Outbox()
+    member = state.login("user0", box)[0]
+    state.login("user1", other)
+    refused = state.post_run(member, "#elsewhere", [("a", "r1"), ("b", "r2")])
+    assert [(index, error.code) for index, error in refused] == [(0, "bad_request"),
+                                                                (1, "bad_request")]
+    assert "not in #elsewhere" in refused[0][1].message
+    assert not [f for f in other.frames if f["type"] == "message"]
+    journal.close()
+    assert b'"event":"message"' not in path.read_bytes()
+
+
+def _login(chat_server, name: str, key) -> RawClient:
+    raw = RawClient(chat_server.address)
+    raw.login(name, key)
+    raw.expect(lambda f: f["type"] == "joined" and f["room"] == "#common")
+    return raw
+
+
+def _message(text: str, ref: str, **extra) -> bytes:
+    return encode_frame({"type": "message", "text": text, "ref": ref, **extra})
+
+
+def test_frames_sent_at_once_are_answered_in_the_order_sent(chat_server, key_pool) -> None:
+    """Messages read in one go are posted together, but what else came between them (a
+    refused message, a leave) keeps its place: the sender sees its echoes, errors and
+    replies in the order it sent the frames, and the room sees the messages in id order."""
+    alice, bob = _login(chat_server, "alice", key_pool.get(0)), \
+        _login(chat_server, "bob", key_pool.get(1))
+    alice.send({"type": "join", "room": "#side"})
+    alice.expect(lambda f: f["type"] == "joined" and f["room"] == "#side")
+    burst = b"".join([
+        _message("m1", "r1", room="#common"), _message("m2", "r2", room="#common"),
+        _message("   ", "r3", room="#common"),  # refused: empty
+        _message("m4", "r4", room="#common"),
+        _message("s5", "r5", room="#side"),      # another room: a run of its own
+        _message("m6", "r6", room="#common"),
+        encode_frame({"type": "leave", "room": "#common"}),
+        _message("m8", "r8", room="#common"),    # refused: no longer in #common
+        _message("s9", "r9", room="#side"),
+    ])
+    alice.send_bytes(burst)
+    answers = []
+    while len(answers) < 9:
+        frame = alice.next_frame()
+        assert frame is not None
+        if frame["type"] in ("message", "error", "left"):
+            answers.append((frame["type"], frame.get("ref"), frame.get("room")))
+    assert answers == [("message", "r1", "#common"), ("message", "r2", "#common"),
+                       ("error", "r3", None), ("message", "r4", "#common"),
+                       ("message", "r5", "#side"), ("message", "r6", "#common"),
+                       ("left", None, "#common"), ("error", "r8", None),
+                       ("message", "r9", "#side")]
+    received = [bob.expect("message") for _ in range(4)]
+    assert [f["text"] for f in received] == ["m1", "m2", "m4", "m6"]
+    assert [f["id"] for f in received] == sorted(f["id"] for f in received)
+    assert all("ref" not in f for f in received)
+    bob.send({"type": "message", "text": "after", "room": "#common"})
+    assert bob.expect("message")["text"] == "after"  # and nothing else came in between
+    alice.close()
+    bob.close()
+
+
+def test_a_run_split_across_reads_loses_nothing(chat_server, key_pool) -> None:
+    """A batch that ends in half a frame posts what it gathered; the rest follows."""
+    alice, bob = _login(chat_server, "alice", key_pool.get(0)), \
+        _login(chat_server, "bob", key_pool.get(1))
+    frames = b"".join(_message(f"m{i}", f"r{i}") for i in range(40))  # over one run's bound
+    cut = len(frames) - 7
+    alice.send_bytes(frames[:cut])
+    assert [alice.expect("message")["ref"] for _ in range(39)] == [f"r{i}" for i in range(39)]
+    alice.send_bytes(frames[cut:])
+    assert alice.expect("message")["ref"] == "r39"
+    assert [bob.expect("message")["text"] for _ in range(40)] == [f"m{i}" for i in range(40)]
+    alice.close()
+    bob.close()
