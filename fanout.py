@@ -13,6 +13,8 @@ member what `transport.Connection.push` does, with push's two urgent paths inlin
   deliveries/s at N=100 when it always shared), so a fan-out that comes right after
   the previous one sends alone (docs/PERFORMANCE.md, run 7).
 - A frame of a batch is queued, one lock per member, for the flush after the batch.
+  Room messages read in one go come as one block of frames (`ChatState.post_run`): one
+  queue operation per member for all of them.
 - Presence waits for the writer (`push(data, False)`), and a member on another node of
   a cluster (not a `Connection`) takes its own `push`.
 
