@@ -358,6 +358,10 @@ class ChatState:
         registered key): then the old session is logged out, told why with a `bye`, and
         returned so that the caller can close its connection. Returns (new, replaced)."""
         validate_name(name)
+        # Read before taking the lock: each read lets go of the GIL and waits to get it back,
+        # which under the lock made a login storm hold up routing (docs/PERFORMANCE.md, run
+        # 8). Only a session of the same user changes these; one taken over is read again.
+        rooms, last_seen = self._stored_profile(name)
         with self.lock:
             replaced = self._members.get(name.casefold())
             if replaced is not None:
@@ -365,17 +369,12 @@ class ChatState:
                     raise NameTaken(f'the username "{name}" is already in use')
                 replaced.outbox.push(encode_frame({"type": "bye", "reason": TAKEOVER_REASON}))
                 self._logout(replaced, TAKEOVER_REASON)
+                rooms, last_seen = self._stored_profile(name)
             member = Member(name=name, outbox=outbox, public_der=public_der, address=address)
             self._members[member.key] = member
             bisect.insort(self._member_order, member.key)
             now = self.clock()
             self.journal.append({"event": "connect", "time": now, "user": name, "address": address})
-            if self.store.known(name):
-                rooms = self.store.rooms(name)
-            else:
-                rooms = [COMMON_ROOM]
-                self.store.add_room(name, COMMON_ROOM)
-            last_seen = self.store.last_seen(name)
             self._send(member, {"type": "welcome", "version": PROTOCOL_VERSION, "user": name,
                                 "server_id": self.server_id,
                                 "room": rooms[-1] if rooms else "", "rooms": rooms,
@@ -384,6 +383,14 @@ class ChatState:
                 self._enter(member, room, now, last_seen)
             self._deliver_waiting(member)
             return member, replaced
+
+    def _stored_profile(self, name: str) -> tuple[list[str], int | None]:
+        """A user's rooms in the store and the last message they saw; a first login is
+        recorded in #common."""
+        if not self.store.known(name):
+            self.store.add_room(name, COMMON_ROOM)
+            return [COMMON_ROOM], self.store.last_seen(name)
+        return self.store.rooms(name), self.store.last_seen(name)
 
     def logout(self, member: Member, reason: str) -> None:
         """Take a user offline everywhere (they stay a member of their rooms); safe to
@@ -397,12 +404,14 @@ class ChatState:
         """Join a room (creating it) and make it the current one; joining a room one is
         in already only makes it current, and sends its snapshot again."""
         room = normalize_room(room_name)
+        # Recorded before taking the lock, as a login's reads are: only the member's own
+        # session adds to its rooms.
+        if room not in member.rooms:
+            if len(member.rooms) >= MAX_ROOMS_PER_USER:
+                raise RequestError(f"you are in {len(member.rooms)} rooms, the most one "
+                                   "may be in; leave one first")
+            self.store.add_room(member.name, room)
         with self.lock:
-            if room not in member.rooms:
-                if len(member.rooms) >= MAX_ROOMS_PER_USER:
-                    raise RequestError(f"you are in {len(member.rooms)} rooms, the most one "
-                                       "may be in; leave one first")
-                self.store.add_room(member.name, room)
             self._enter(member, room, self.clock(), None)
 
     def leave(self, member: Member, room_name: str | None = None) -> None:

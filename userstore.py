@@ -224,7 +224,8 @@ class UserStore:
         with self._lock:
             rows = self._db.execute("SELECT frame FROM receipts WHERE sender = ? ORDER BY seq",
                                     (folded,)).fetchall()
-            self._db.execute("DELETE FROM receipts WHERE sender = ?", (folded,))
+            if rows:  # every login asks: most have none, and need no write
+                self._db.execute("DELETE FROM receipts WHERE sender = ?", (folded,))
             return [bytes(frame) for (frame,) in rows]
 
     # -- internals ------------------------------------------------------------------------

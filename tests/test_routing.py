@@ -8,11 +8,13 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 from messagelog import MessageLog
 from protocol import FrameDecoder, encode_frame
 from rawclient import RawClient
 from rooms import ChatState, utc_now
+from userstore import UserStore
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -194,3 +196,35 @@ def test_a_run_split_across_reads_loses_nothing(chat_server, key_pool) -> None:
     assert [bob.expect("message")["text"] for _ in range(40)] == [f"m{i}" for i in range(40)]
     alice.close()
     bob.close()
+
+
+class RacingStore(UserStore):
+    """A user store whose first read of a user's rooms lets their old session join a room
+    just after it (as another thread could, between the read and the lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meanwhile: Callable[[], None] | None = None
+
+    def rooms(self, user: str) -> list[str]:
+        rooms = super().rooms(user)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return rooms
+
+
+def test_a_takeover_reads_the_rooms_again_under_the_lock(tmp_path: Path) -> None:
+    """A login reads the user's rooms before taking the lock; when it takes a session
+    over, what that session did meanwhile must not be lost."""
+    journal = MessageLog(tmp_path / "messages.jsonl")
+    store = RacingStore()
+    state = ChatState(journal, store)
+    old_box, new_box = Outbox(), Outbox()
+    old = state.login("alice", old_box)[0]
+    store.meanwhile = lambda: state.join(old, "#late")
+    state.login("alice", new_box, take_over=True)
+    [welcome] = [f for f in new_box.frames if f["type"] == "welcome"]
+    assert welcome["rooms"] == ["#common", "#late"]
+    assert {f["room"] for f in new_box.frames if f["type"] == "joined"} == {"#common", "#late"}
+    journal.close()
