@@ -331,7 +331,7 @@ def _b64decode(value: str, field: str) -> bytes:
 _BEFORE_LOGIN = {"hello", "auth", "ping", "pong", "quit"}
 # A run of messages waits in its session while the reader handles one read: 32 short
 # messages at most, or their texts up to the longest one message may have (a longer
-# message is a run of its own), so a run holds under 48 KiB (docs/SECURITY.md).
+# message is a run of its own), so a run holds about 40 KiB (docs/SECURITY.md).
 MAX_RUN_MESSAGES = 32
 MAX_RUN_CHARS = MAX_TEXT_CHARS
 MAX_ACK_IDS = 1000
