@@ -446,11 +446,8 @@ class ChatState:
             if room not in member.rooms:
                 raise RequestError(f"you are not in {room}; join it first")
             message_id, data = self._log_message(member, room, text)
-            if ref is None:
-                self._push_room(room, data)
-            else:  # the label is the sender's own: others must not see it (or count it)
-                self._push_room(room, data, skip=member)
-                member.outbox.push(with_field(data, "ref", ref))
+            self._push_run(member, room, [data],
+                           [data if ref is None else with_field(data, "ref", ref)])
             return message_id
 
     def post_run(self, member: Member, room: str,
@@ -489,6 +486,8 @@ class ChatState:
 
     def _push_run(self, member: Member, room: str, frames: list[bytes],
                   echoes: list[bytes]) -> None:
+        """Messages' frames to the room as one block; the sender's copies carry its refs,
+        which others must not see (or count)."""
         if not frames:
             return
         block = frames[0] if len(frames) == 1 else b"".join(frames)
