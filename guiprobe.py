@@ -35,6 +35,10 @@ class Probe:
         if self.app.destroyed:
             return
         try:
+            # Geometry is computed at idle time: without this, a tick that runs between a
+            # text change and the layout it causes reports the change with the old boxes
+            # (a login error grows its label, and the Connect button moves down after it).
+            root.update_idletasks()
             text = json.dumps(self.snapshot(), ensure_ascii=False, indent=1)
         except tk.TclError:
             return
