@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
-from server import OPEN_MAX, WANTED_FDS, fd_limit_candidates
+from processlimits import OPEN_MAX, WANTED_FDS, fd_limit_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0
