@@ -32,7 +32,7 @@ def raise_fd_limit() -> int | None:
     if soft == resource.RLIM_INFINITY:
         return None
     unlimited = hard == resource.RLIM_INFINITY
-    for target in fd_limit_candidates(soft, None if unlimited else hard, system_max_files()):
+    for target in fd_limit_candidates(soft, None if unlimited else hard, _system_max_files()):
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
@@ -59,7 +59,7 @@ def fd_limit_candidates(soft: int, hard: int | None, system_max: int | None) -> 
     return sorted(candidates, reverse=True)
 
 
-def system_max_files() -> int | None:
+def _system_max_files() -> int | None:
     """The most descriptors one process may have, where the system says: macOS's
     kern.maxfilesperproc, Linux's fs.nr_open; None elsewhere or when it cannot be read."""
     if sys.platform == "darwin":
